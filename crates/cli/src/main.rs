@@ -1,0 +1,3 @@
+//! The `waymark` command-line tool (coming).
+
+fn main() {}

@@ -1,0 +1,189 @@
+//! The in-memory store: for tests of applications and as the reference
+//! behaviour the database backends are compared against.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::migration::now_utc;
+use crate::store::{check_unique_ids, name_conflict};
+use crate::{Error, LockGuard, Migration, MigrationDef, MigrationId, MigrationStore};
+
+/// A complete [`MigrationStore`] kept in memory, thread-safe and cheap to
+/// clone: clones share the same migrations and the same lock.
+///
+/// Like the database stores it must be [prepared](MigrationStore::prepare)
+/// before use, so an application's tests catch a forgotten `prepare`.
+///
+/// ```
+/// use waymark_core::{MemoryStore, MigrationDef, MigrationStore};
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// let store = MemoryStore::new();
+/// store.prepare().await?;
+/// store.register(&[MigrationDef::new(1, "fill_pace", "Derive pace from speed")?]).await?;
+/// assert_eq!(store.pending().await?.len(), 1);
+///
+/// let other = store.clone();
+/// other.mark_executed(1.try_into()?).await?;
+/// assert!(store.pending().await?.is_empty());
+/// # Ok::<(), waymark_core::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    prepared: bool,
+    rows: BTreeMap<MigrationId, Migration>,
+    fingerprints: HashSet<String>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> Result<MutexGuard<'_, State>, Error> {
+        // A panic while holding the mutex cannot leave a half-written row:
+        // every change below is a single assignment, so the data stays valid.
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if !state.prepared {
+            return Err(Error::store(
+                "memory store",
+                std::io::Error::other("the store is not prepared: call prepare() first"),
+            ));
+        }
+        Ok(state)
+    }
+
+    fn update(&self, id: MigrationId, change: impl FnOnce(&mut Migration)) -> Result<(), Error> {
+        let mut state = self.state()?;
+        let row = state
+            .rows
+            .get_mut(&id)
+            .ok_or(Error::NotFound { id: id.get() })?;
+        change(row);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl MigrationStore for MemoryStore {
+    async fn prepare(&self) -> Result<(), Error> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .prepared = true;
+        Ok(())
+    }
+
+    async fn register(&self, defs: &[MigrationDef]) -> Result<(), Error> {
+        check_unique_ids(defs)?;
+        let mut state = self.state()?;
+        // Check every definition before inserting any, so a conflict registers nothing.
+        for def in defs {
+            if let Some(row) = state.rows.get(&def.id())
+                && row.name != def.name()
+            {
+                return Err(name_conflict(def.id(), &row.name, def.name()));
+            }
+        }
+        for def in defs {
+            state
+                .rows
+                .entry(def.id())
+                .or_insert_with(|| Migration::pending(def));
+        }
+        state.fingerprints.insert(MigrationDef::fingerprint(defs));
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<Migration>, Error> {
+        Ok(self.state()?.rows.values().cloned().collect())
+    }
+
+    async fn pending(&self) -> Result<Vec<Migration>, Error> {
+        Ok(self
+            .state()?
+            .rows
+            .values()
+            .filter(|row| !row.executed)
+            .cloned()
+            .collect())
+    }
+
+    async fn get(&self, id: MigrationId) -> Result<Migration, Error> {
+        self.state()?
+            .rows
+            .get(&id)
+            .cloned()
+            .ok_or(Error::NotFound { id: id.get() })
+    }
+
+    async fn mark_executed(&self, id: MigrationId) -> Result<(), Error> {
+        self.update(id, |row| {
+            if !row.executed {
+                row.executed = true;
+                row.executed_at = Some(now_utc());
+            }
+            row.checkpoint = None;
+        })
+    }
+
+    async fn record_success(&self, id: MigrationId) -> Result<(), Error> {
+        self.update(id, |row| {
+            row.executed = true;
+            row.executed_at = Some(now_utc());
+            row.attempts = row.attempts.saturating_add(1);
+            row.last_error = None;
+            row.checkpoint = None;
+        })
+    }
+
+    async fn mark_pending(&self, id: MigrationId) -> Result<(), Error> {
+        self.update(id, |row| {
+            row.executed = false;
+            row.executed_at = None;
+        })
+    }
+
+    async fn record_failure(&self, id: MigrationId, error: &str) -> Result<(), Error> {
+        self.update(id, |row| {
+            row.attempts = row.attempts.saturating_add(1);
+            row.last_error = Some(error.to_owned());
+        })
+    }
+
+    async fn save_checkpoint(&self, id: MigrationId, checkpoint: &str) -> Result<(), Error> {
+        self.update(id, |row| row.checkpoint = Some(checkpoint.to_owned()))
+    }
+
+    async fn is_settled(&self, fingerprint: &str) -> Result<bool, Error> {
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        Ok(state.prepared
+            && state.fingerprints.contains(fingerprint)
+            && state.rows.values().all(|row| row.executed))
+    }
+
+    async fn lock(&self, wait: Duration) -> Result<LockGuard, Error> {
+        let lock = Arc::clone(&self.lock);
+        match tokio::time::timeout(wait, lock.lock_owned()).await {
+            Ok(guard) => Ok(LockGuard::new(guard)),
+            Err(_) => Err(Error::LockTimeout { waited: wait }),
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! PostgreSQL store for waymark: pooled, advisory-locked
+#![deny(missing_docs)]
