@@ -111,12 +111,6 @@ impl<S> MigrationContext<S> {
         runtime.block_on(self.save_checkpoint(checkpoint))
     }
 
-    /// Records the checkpoint as saved without writing it: for backend
-    /// crates whose atomic handlers save it inside their own transaction.
-    pub fn set_saved_checkpoint(&mut self, checkpoint: Option<String>) {
-        self.migration.checkpoint = checkpoint;
-    }
-
     /// Reports progress: `done` units of work so far, out of `total` if known.
     pub fn report_progress(&self, done: u64, total: Option<u64>) {
         if let Some(progress) = &self.progress {

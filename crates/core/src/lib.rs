@@ -17,6 +17,7 @@
 //! backend runs.
 #![deny(missing_docs)]
 
+mod batch;
 mod context;
 mod definition;
 mod error;
@@ -26,9 +27,11 @@ mod memory;
 mod migration;
 mod store;
 mod stream;
+mod table;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use batch::{BatchStep, Cancelled, StalledBatch, drive_batches, drive_batches_blocking};
 pub use context::{Cancellation, CompletionFlag, MigrationContext, ProgressFn};
 pub use definition::{
     MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MigrationDef, validate_description, validate_name,
@@ -40,6 +43,7 @@ pub use memory::MemoryStore;
 pub use migration::{Migration, now_utc};
 pub use store::{LockGuard, MigrationStore, check_unique_ids, name_conflict};
 pub use stream::StreamType;
+pub use table::{StatusTable, one_line, render_table, state};
 
 /// Re-exported so that backend crates and applications name the same version.
 pub use async_trait::async_trait;
