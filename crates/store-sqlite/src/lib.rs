@@ -1,2 +1,145 @@
-//! SQLite store for waymark: embedded, durable, safe across processes
+//! SQLite store for [waymark](https://docs.rs/waymark): embedded, durable,
+//! safe across processes.
+//!
+//! [`SqliteStore`] keeps waymark's tracking table in a SQLite file (or an
+//! in-memory database) through rusqlite's bundled SQLite, so no system
+//! library is needed. Besides the [`MigrationStore`](waymark_core::MigrationStore)
+//! contract it offers atomic handlers ([`SqliteStore::atomic`],
+//! [`SqliteStore::batched`]) that commit a migration's data changes together
+//! with its bookkeeping.
+//!
+//! ```
+//! use std::time::Duration;
+//! use waymark_core::{MigrationDef, MigrationStore};
+//! use waymark_sqlite::{SqliteConfig, SqliteStore};
+//!
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! let dir = tempfile::tempdir()?;
+//! let config = SqliteConfig::file(dir.path().join("app.db"))
+//!     .table("data_migrations")
+//!     .busy_timeout(Duration::from_secs(10));
+//! let store = SqliteStore::open_with(config).await?;
+//! store.prepare().await?;
+//! store.register(&[MigrationDef::new(1, "fill_pace", "Derive pace from speed")?]).await?;
+//! let _guard = store.lock(Duration::from_secs(30)).await?;
+//! for migration in store.pending().await? {
+//!     // run it, then record the outcome
+//!     store.record_success(migration.id).await?;
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! # The tables
+//!
+//! [`prepare`](waymark_core::MigrationStore::prepare) creates
+//! `migrations (id INTEGER PRIMARY KEY, name, description, executed,
+//! executed_at, attempts, last_error, checkpoint)` (the name is configurable),
+//! a partial index `migrations_pending` for the pending query and a side
+//! table `migrations_fingerprints` of the registered sets, which lets
+//! [`is_settled`](waymark_core::MigrationStore::is_settled) answer in one
+//! query. `executed_at` is RFC 3339 text in UTC, written from
+//! [`now_utc`](waymark_core::now_utc).
+//!
+//! An existing table of the original four columns (`id`, `name`,
+//! `description`, `executed`) is adopted in place: the missing columns are
+//! added with `ALTER TABLE … ADD COLUMN`, every row keeps its executed state
+//! (a `NULL` in `executed` becomes 0, which is what it meant). A table whose
+//! shape cannot work, such as `id TEXT`, is refused with an [`Error::Store`](waymark_core::Error::Store)
+//! whose source is an [`IncompatibleTable`] naming the column, and nothing
+//! is changed. `prepare` looks before it writes: on a prepared database it
+//! only reads (so it works on a read-only one), and when it must change
+//! something it checks again inside `BEGIN IMMEDIATE`, so processes
+//! preparing at the same moment take turns and the later ones find nothing
+//! left to do.
+//!
+//! # Durability: WAL with `synchronous = FULL`
+//!
+//! File databases are switched to WAL journal mode, so readers never wait
+//! for a writer. The store's connection uses `synchronous = FULL` rather
+//! than the `NORMAL` that WAL commonly pairs with. Under `NORMAL` a commit
+//! survives a crash of the application but not necessarily a power cut or
+//! an OS crash, because the WAL is synced only at checkpoints. Losing the
+//! record that a migration ran, after its effects reached something outside
+//! this transaction (another database, files, a remote service), means
+//! running it a second time, which is what waymark exists to prevent. `FULL`
+//! syncs the WAL on every commit; the store commits a handful of times per
+//! migration (once per batch for batched ones), so the cost is small. The
+//! setting applies only to the store's own connection.
+//!
+//! # Locking
+//!
+//! - **Database access.** Each store has one connection behind a mutex,
+//!   shared by its clones; every call runs on Tokio's blocking threads
+//!   (`spawn_blocking`), never on the async workers, so many tasks can call
+//!   one store at once and simply queue. Writes start with `BEGIN
+//!   IMMEDIATE`: a writer waits for another connection's write lock through
+//!   the busy timeout (default 5 s, [`SqliteConfig::busy_timeout`]) and then
+//!   fails with a clear [`Error::Store`](waymark_core::Error::Store), never
+//!   hangs. `prepare` and `register` read first and write only when
+//!   something is new, so a replica starting while another runs a long
+//!   migration is not held up.
+//! - **The run lock.** [`lock`](waymark_core::MigrationStore::lock) takes an
+//!   exclusive OS file lock (`flock`) on a sidecar file next to the
+//!   database, `<database>-<table>.lock`, polling with a growing pause until
+//!   the wait runs out ([`Error::LockTimeout`](waymark_core::Error::LockTimeout)).
+//!   Each attempt opens its own descriptor, so the lock also excludes other
+//!   store instances (and clones) in the same process. The kernel releases it
+//!   when the guard is dropped and when the process dies, SIGKILL included:
+//!   there is never a stale lock to clear. The database file itself is never
+//!   opened a second time, since closing such a descriptor would drop the
+//!   POSIX locks SQLite holds on it. Like SQLite, this needs a local file
+//!   system, not a network share. For in-memory databases the run lock is a
+//!   mutex shared by the store's clones, the only code that can reach that
+//!   database.
+//! - **Atomic handlers** ([`SqliteStore::atomic`], [`SqliteStore::batched`])
+//!   hold the store's connection and SQLite's write lock while their
+//!   transaction is open. Other calls on the store wait for it, so a handler
+//!   must not call its own store (through `ctx.store()`, or with
+//!   `save_checkpoint_blocking`): such a call fails at once with an error
+//!   instead of deadlocking. Use the transaction, and the batched form for
+//!   checkpoints.
+//!
+//! # What a crash leaves behind
+//!
+//! - Every committed transaction, including the last one before the crash
+//!   (see durability). The transaction open at the crash (an atomic
+//!   handler's, or the batch in progress) is discarded by SQLite when the
+//!   database is next opened: its changes and its bookkeeping vanish
+//!   together, and a batched migration resumes at that batch.
+//! - Possibly `<database>-wal` and `<database>-shm` files. They are part of
+//!   the database until the next open folds them back in: never delete
+//!   them (deleting the WAL loses committed transactions).
+//! - The empty lock file. The lock itself died with the process; the file
+//!   may stay or be removed while no run is in progress.
+//! - A migration that was not atomic stays pending with its last saved
+//!   checkpoint; a crash is not counted as a failed attempt.
+//!
+//! # Read-only databases
+//!
+//! A database opened with [`SqliteConfig::read_only`], or a file without any
+//! write permission bit, is opened with SQLite's read-only flag: reads
+//! (`list`, `pending`, `get`, `is_settled`, and `prepare` when nothing needs
+//! changing) work, writes fail with an [`Error::Store`](waymark_core::Error::Store)
+//! saying the database is read-only. The permission bits are honoured even
+//! for root, who could otherwise write through them.
 #![deny(missing_docs)]
+
+mod atomic;
+mod config;
+mod error;
+mod open;
+mod reentry;
+mod run_lock;
+mod schema;
+mod sql;
+mod store;
+mod target;
+mod timestamp;
+
+pub use config::{DEFAULT_BUSY_TIMEOUT, DEFAULT_TABLE, MAX_TABLE_CHARS, SqliteConfig};
+pub use schema::IncompatibleTable;
+pub use store::SqliteStore;
+
+/// Re-exported so that handlers name the same rusqlite as the store.
+pub use rusqlite;

@@ -1,0 +1,321 @@
+//! The statements behind each store operation, on a plain connection.
+//!
+//! Functions taking `&Connection` run inside whatever transaction the caller
+//! holds, so the store and the atomic handlers share them; functions taking
+//! `&mut Connection` open their own write transaction.
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use waymark_core::{Error, Migration, MigrationDef, MigrationId, name_conflict, now_utc};
+
+use crate::error::{is_missing_table, message};
+use crate::target::Target;
+use crate::timestamp;
+
+/// Runs `body` in a write transaction taken at once (`BEGIN IMMEDIATE`), so
+/// that waiting for another writer goes through the busy timeout instead of
+/// failing on an upgrade from a stale read snapshot. Any error rolls back.
+pub(crate) fn write<T>(
+    conn: &mut Connection,
+    target: &Target,
+    doing: &str,
+    body: impl FnOnce(&Transaction<'_>) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let tx = begin(conn, target, doing)?;
+    let out = body(&tx)?;
+    tx.commit()
+        .map_err(target.site.err(format!("committing ({doing})")))?;
+    Ok(out)
+}
+
+/// Opens a `BEGIN IMMEDIATE` transaction.
+pub(crate) fn begin<'c>(
+    conn: &'c mut Connection,
+    target: &Target,
+    doing: &str,
+) -> Result<Transaction<'c>, Error> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(
+            target
+                .site
+                .err(format!("starting a write transaction ({doing})")),
+        )
+}
+
+// Adopted tables may hold NULL names and descriptions; they read as empty.
+const COLUMNS: &str = "id, coalesce(name, ''), coalesce(description, ''), coalesce(executed, 0) <> 0, \
+                       executed_at, attempts, last_error, checkpoint";
+
+/// A row as read, before its values are checked.
+struct RawRow {
+    id: i64,
+    name: String,
+    description: String,
+    executed: bool,
+    executed_at: Option<String>,
+    attempts: i64,
+    last_error: Option<String>,
+    checkpoint: Option<String>,
+}
+
+impl RawRow {
+    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            description: row.get(2)?,
+            executed: row.get(3)?,
+            executed_at: row.get(4)?,
+            attempts: row.get(5)?,
+            last_error: row.get(6)?,
+            checkpoint: row.get(7)?,
+        })
+    }
+
+    fn into_migration(self, target: &Target) -> Result<Migration, Error> {
+        let bad = |what: String| {
+            Error::store(
+                format!("reading table {} in {}", target.name, target.site.location),
+                message(what),
+            )
+        };
+        let id = MigrationId::new(self.id).map_err(|_| {
+            bad(format!(
+                "row with id {} cannot be tracked: ids must be positive",
+                self.id
+            ))
+        })?;
+        let executed_at = match self.executed_at.as_deref() {
+            None => None,
+            Some(text) => Some(timestamp::parse(text).map_err(|err| {
+                bad(format!(
+                    "migration {id} has an executed_at that is not RFC 3339 ({text:?}): {err}"
+                ))
+            })?),
+        };
+        // Rows adopted from the original table may break today's limits on
+        // names; they are data to report, not definitions to validate.
+        let placeholder = MigrationDef::new(id.get(), "_", "")?;
+        let mut migration = Migration::pending(&placeholder);
+        migration.name = self.name;
+        migration.description = self.description;
+        migration.executed = self.executed;
+        migration.executed_at = executed_at;
+        migration.attempts = u32::try_from(self.attempts.max(0)).unwrap_or(u32::MAX);
+        migration.last_error = self.last_error;
+        migration.checkpoint = self.checkpoint;
+        Ok(migration)
+    }
+}
+
+/// Every row, or only the pending ones, ordered by id.
+pub(crate) fn list(
+    conn: &Connection,
+    target: &Target,
+    pending_only: bool,
+) -> Result<Vec<Migration>, Error> {
+    let filter = if pending_only {
+        "WHERE executed = 0"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT {COLUMNS} FROM {} {filter} ORDER BY id",
+        target.table_sql
+    );
+    let doing = if pending_only {
+        "listing pending migrations"
+    } else {
+        "listing migrations"
+    };
+    let raw = (|| {
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map([], RawRow::read)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+    })()
+    .map_err(target.site.err(doing))?;
+    raw.into_iter()
+        .map(|row| row.into_migration(target))
+        .collect()
+}
+
+/// One row; [`Error::NotFound`] when the id is unknown.
+pub(crate) fn get(conn: &Connection, target: &Target, id: MigrationId) -> Result<Migration, Error> {
+    let sql = format!("SELECT {COLUMNS} FROM {} WHERE id = ?1", target.table_sql);
+    conn.prepare_cached(&sql)
+        .and_then(|mut stmt| stmt.query_row([id.get()], RawRow::read).optional())
+        .map_err(target.site.err(format_args!("reading migration {id}")))?
+        .ok_or(Error::NotFound { id: id.get() })?
+        .into_migration(target)
+}
+
+/// Inserts the unknown definitions as pending and records the set's
+/// fingerprint. Reads first: in the steady state nothing is new and no write
+/// lock is taken, so a start-up never waits behind another process's
+/// running migration just to find out that nothing changed.
+pub(crate) fn register(
+    conn: &mut Connection,
+    target: &Target,
+    defs: &[MigrationDef],
+) -> Result<(), Error> {
+    let fingerprint = MigrationDef::fingerprint(defs);
+    if !needs_registering(conn, target, defs, &fingerprint)? {
+        return Ok(());
+    }
+    write(conn, target, "registering migrations", |tx| {
+        // Again under the write lock: another process may have registered
+        // the same ids, possibly under other names, since the first look.
+        needs_registering(tx, target, defs, &fingerprint)?;
+        let insert = format!(
+            "INSERT INTO {} (id, name, description, executed, attempts) VALUES (?1, ?2, ?3, 0, 0) \
+             ON CONFLICT (id) DO NOTHING",
+            target.table_sql
+        );
+        let remember = format!(
+            "INSERT INTO {} (fingerprint, registered_at) VALUES (?1, ?2) ON CONFLICT (fingerprint) DO NOTHING",
+            target.fingerprints_sql
+        );
+        (|| {
+            let mut stmt = tx.prepare_cached(&insert)?;
+            for def in defs {
+                stmt.execute(params![def.id().get(), def.name(), def.description()])?;
+            }
+            tx.prepare_cached(&remember)?
+                .execute(params![fingerprint, timestamp::format(now_utc())])?;
+            Ok(())
+        })()
+        .map_err(target.site.err("registering migrations"))
+    })
+}
+
+/// Whether `defs` add anything (a new id or an unseen set); a known id
+/// under another name is [`Error::Conflict`].
+fn needs_registering(
+    conn: &Connection,
+    target: &Target,
+    defs: &[MigrationDef],
+    fingerprint: &str,
+) -> Result<bool, Error> {
+    let name_of = format!("SELECT name FROM {} WHERE id = ?1", target.table_sql);
+    let known_set = format!(
+        "SELECT 1 FROM {} WHERE fingerprint = ?1",
+        target.fingerprints_sql
+    );
+    let mut new = false;
+    let mut stmt = conn
+        .prepare_cached(&name_of)
+        .map_err(target.site.err("checking registered migrations"))?;
+    for def in defs {
+        let tracked: Option<String> = stmt
+            .query_row([def.id().get()], |row| row.get(0))
+            .optional()
+            .map_err(
+                target
+                    .site
+                    .err(format_args!("checking migration {}", def.id())),
+            )?;
+        match tracked {
+            None => new = true,
+            Some(name) if name != def.name() => {
+                return Err(name_conflict(def.id(), &name, def.name()));
+            }
+            Some(_) => {}
+        }
+    }
+    if new {
+        return Ok(true);
+    }
+    let seen = conn
+        .prepare_cached(&known_set)
+        .and_then(|mut stmt| stmt.exists([fingerprint]))
+        .map_err(target.site.err("checking registered sets"))?;
+    Ok(!seen)
+}
+
+/// A change to one row; [`Error::NotFound`] when no row has the id.
+pub(crate) fn update(
+    conn: &Connection,
+    target: &Target,
+    change: Change<'_>,
+    id: MigrationId,
+) -> Result<(), Error> {
+    let table = &target.table_sql;
+    let now = timestamp::format(now_utc());
+    let (sql, doing, value) = match change {
+        Change::MarkExecuted => (
+            format!(
+                "UPDATE {table} SET executed_at = CASE WHEN executed = 0 THEN ?2 ELSE executed_at END, \
+                 executed = 1, checkpoint = NULL WHERE id = ?1"
+            ),
+            "marking executed migration",
+            Some(now.as_str()),
+        ),
+        Change::RecordSuccess => (
+            format!(
+                "UPDATE {table} SET executed = 1, executed_at = ?2, attempts = attempts + 1, \
+                 last_error = NULL, checkpoint = NULL WHERE id = ?1"
+            ),
+            "recording the success of migration",
+            Some(now.as_str()),
+        ),
+        Change::MarkPending => (
+            format!("UPDATE {table} SET executed = 0, executed_at = NULL WHERE id = ?1"),
+            "marking pending migration",
+            None,
+        ),
+        Change::RecordFailure(error) => (
+            format!("UPDATE {table} SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1"),
+            "recording a failure of migration",
+            Some(error),
+        ),
+        Change::SaveCheckpoint(checkpoint) => (
+            format!("UPDATE {table} SET checkpoint = ?2 WHERE id = ?1"),
+            "saving the checkpoint of migration",
+            Some(checkpoint),
+        ),
+    };
+    let changed = conn
+        .prepare_cached(&sql)
+        .and_then(|mut stmt| match value {
+            Some(value) => stmt.execute(params![id.get(), value]),
+            None => stmt.execute(params![id.get()]),
+        })
+        .map_err(target.site.err(format_args!("{doing} {id}")))?;
+    if changed == 0 {
+        return Err(Error::NotFound { id: id.get() });
+    }
+    Ok(())
+}
+
+/// The single-row changes the store makes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Change<'a> {
+    MarkExecuted,
+    RecordSuccess,
+    MarkPending,
+    RecordFailure(&'a str),
+    SaveCheckpoint(&'a str),
+}
+
+/// One query: the set was registered and nothing is pending. A database
+/// without the tables yet answers `false`.
+pub(crate) fn is_settled(
+    conn: &Connection,
+    target: &Target,
+    fingerprint: &str,
+) -> Result<bool, Error> {
+    let sql = format!(
+        "SELECT EXISTS (SELECT 1 FROM {} WHERE fingerprint = ?1) \
+         AND NOT EXISTS (SELECT 1 FROM {} WHERE executed = 0)",
+        target.fingerprints_sql, target.table_sql
+    );
+    match conn
+        .prepare_cached(&sql)
+        .and_then(|mut stmt| stmt.query_row([fingerprint], |row| row.get(0)))
+    {
+        Ok(settled) => Ok(settled),
+        Err(err) if is_missing_table(&err) => Ok(false),
+        Err(err) => Err(target
+            .site
+            .error("checking whether migrations are settled", err)),
+    }
+}

@@ -1,0 +1,268 @@
+//! `SqliteStore`: one connection behind a mutex, used from blocking threads.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::Connection;
+use waymark_core::{
+    Error, LockGuard, Migration, MigrationDef, MigrationId, MigrationStore, check_unique_ids,
+};
+
+use crate::config::{Location, SqliteConfig};
+use crate::error::Site;
+use crate::open::open;
+use crate::reentry;
+use crate::run_lock::RunLock;
+use crate::schema;
+use crate::sql::{self, Change};
+use crate::target::Target;
+
+/// A [`MigrationStore`] on SQLite: a file on disk or an in-memory database.
+///
+/// Cheap to clone; clones share one connection and one run lock. See the
+/// [crate documentation](crate) for durability, locking and crash safety.
+///
+/// ```
+/// use waymark_core::{MigrationDef, MigrationStore};
+/// use waymark_sqlite::SqliteStore;
+///
+/// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+/// let dir = tempfile::tempdir()?;
+/// let store = SqliteStore::open(dir.path().join("app.db")).await?;
+/// store.prepare().await?;
+/// store.register(&[MigrationDef::new(1, "fill_pace", "Derive pace from speed")?]).await?;
+/// assert_eq!(store.pending().await?.len(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct SqliteStore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    conn: Mutex<Connection>,
+    pub(crate) target: Target,
+    run_lock: RunLock,
+    read_only: bool,
+}
+
+impl Inner {
+    /// The connection, waiting for whoever uses it. A panic while it was
+    /// held cannot leave a transaction open (rusqlite rolls back on drop),
+    /// so a poisoned mutex is still safe to use.
+    pub(crate) fn connection(&self) -> MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file at `path` with the
+    /// default settings. The directory must exist.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::open_with(SqliteConfig::file(path)).await
+    }
+
+    /// Opens a private in-memory database, shared by this store's clones.
+    pub async fn open_in_memory() -> Result<Self, Error> {
+        Self::open_with(SqliteConfig::in_memory()).await
+    }
+
+    /// Opens the database `config` describes. Invalid settings are
+    /// [`Error::Invalid`]; a missing directory, a file that is not a
+    /// database and other failures are [`Error::Store`] naming the path.
+    pub async fn open_with(config: SqliteConfig) -> Result<Self, Error> {
+        config.validate()?;
+        tokio::task::spawn_blocking(move || {
+            let site = Site {
+                location: config.location.clone(),
+                busy_timeout: config.busy_timeout,
+            };
+            let opened = open(&config, &site)?;
+            Ok(Self {
+                inner: Arc::new(Inner {
+                    conn: Mutex::new(opened.conn),
+                    run_lock: RunLock::new(&config.location, &config.table),
+                    target: Target::new(site, &config.table),
+                    read_only: opened.read_only,
+                }),
+            })
+        })
+        .await
+        .map_err(|join| Error::store("opening a SQLite database", join))?
+    }
+
+    /// The database file, or `None` for an in-memory database.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.inner.target.site.location {
+            Location::File(path) => Some(path),
+            Location::Memory => None,
+        }
+    }
+
+    /// The tracking table's name.
+    pub fn table(&self) -> &str {
+        &self.inner.target.name
+    }
+
+    /// Whether the database was opened read-only (asked for, or a file
+    /// without write permission): reads work, writes fail with [`Error::Store`].
+    pub fn is_read_only(&self) -> bool {
+        self.inner.read_only
+    }
+
+    /// Closes the database on a blocking thread if this is the last clone
+    /// (otherwise only this clone goes away), reporting any error.
+    ///
+    /// Dropping the last clone closes it too, but on the dropping thread:
+    /// closing may fold the WAL back into the database file, which is
+    /// blocking I/O that async code should hand off like this.
+    pub async fn close(self) -> Result<(), Error> {
+        let Ok(inner) = Arc::try_unwrap(self.inner) else {
+            return Ok(());
+        };
+        let Inner { conn, target, .. } = inner;
+        let conn = conn
+            .into_inner()
+            .unwrap_or_else(|poison| poison.into_inner());
+        tokio::task::spawn_blocking(move || {
+            conn.close()
+                .map_err(|(_, err)| target.site.error("closing", err))
+        })
+        .await
+        .map_err(|join| Error::store("closing a SQLite database", join))?
+    }
+
+    /// This store's identity for the re-entrance check.
+    pub(crate) fn key(&self) -> usize {
+        Arc::as_ptr(&self.inner) as usize
+    }
+
+    /// Runs `op` on the connection on a blocking thread, so the async
+    /// runtime's workers never wait for SQLite or for the mutex.
+    async fn call<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&mut Connection, &Target) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        reentry::check(self.key())?;
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || op(&mut inner.connection(), &inner.target))
+            .await
+            .map_err(|join| {
+                Error::store(
+                    format!("running a query on {}", self.inner.target.site.location),
+                    join,
+                )
+            })?
+    }
+
+    async fn change(&self, id: MigrationId, change: Change<'static>) -> Result<(), Error> {
+        self.call(move |conn, target| {
+            sql::write(conn, target, "updating a migration", |tx| {
+                sql::update(tx, target, change, id)
+            })
+        })
+        .await
+    }
+}
+
+/// One row change in its own write transaction.
+fn update(
+    conn: &mut Connection,
+    target: &Target,
+    id: MigrationId,
+    change: Change<'_>,
+) -> Result<(), Error> {
+    sql::write(conn, target, &format!("updating migration {id}"), |tx| {
+        sql::update(tx, target, change, id)
+    })
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("location", &self.inner.target.site.location)
+            .field("table", &self.inner.target.name)
+            .field("read_only", &self.inner.read_only)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl MigrationStore for SqliteStore {
+    async fn prepare(&self) -> Result<(), Error> {
+        self.call(schema::prepare).await
+    }
+
+    async fn register(&self, defs: &[MigrationDef]) -> Result<(), Error> {
+        check_unique_ids(defs)?;
+        let defs = defs.to_vec();
+        self.call(move |conn, target| sql::register(conn, target, &defs))
+            .await
+    }
+
+    async fn list(&self) -> Result<Vec<Migration>, Error> {
+        self.call(|conn, target| sql::list(conn, target, false))
+            .await
+    }
+
+    async fn pending(&self) -> Result<Vec<Migration>, Error> {
+        self.call(|conn, target| sql::list(conn, target, true))
+            .await
+    }
+
+    async fn get(&self, id: MigrationId) -> Result<Migration, Error> {
+        self.call(move |conn, target| sql::get(conn, target, id))
+            .await
+    }
+
+    async fn mark_executed(&self, id: MigrationId) -> Result<(), Error> {
+        self.change(id, Change::MarkExecuted).await
+    }
+
+    async fn record_success(&self, id: MigrationId) -> Result<(), Error> {
+        self.change(id, Change::RecordSuccess).await
+    }
+
+    async fn mark_pending(&self, id: MigrationId) -> Result<(), Error> {
+        self.change(id, Change::MarkPending).await
+    }
+
+    async fn record_failure(&self, id: MigrationId, error: &str) -> Result<(), Error> {
+        let error = error.to_owned();
+        self.call(move |conn, target| update(conn, target, id, Change::RecordFailure(&error)))
+            .await
+    }
+
+    async fn save_checkpoint(&self, id: MigrationId, checkpoint: &str) -> Result<(), Error> {
+        let checkpoint = checkpoint.to_owned();
+        self.call(move |conn, target| update(conn, target, id, Change::SaveCheckpoint(&checkpoint)))
+            .await
+    }
+
+    async fn is_settled(&self, fingerprint: &str) -> Result<bool, Error> {
+        let fingerprint = fingerprint.to_owned();
+        self.call(move |conn, target| sql::is_settled(conn, target, &fingerprint))
+            .await
+    }
+
+    async fn lock(&self, wait: Duration) -> Result<LockGuard, Error> {
+        self.inner.run_lock.acquire(wait).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_is_cheap_to_share() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<SqliteStore>();
+    }
+}

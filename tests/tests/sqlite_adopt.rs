@@ -1,0 +1,228 @@
+//! `prepare` on existing databases: the original four-column table is
+//! adopted in place, and processes preparing at once do not trip each other.
+
+use std::path::Path;
+use std::time::Duration;
+
+use waymark_core::{MigrationDef, MigrationId, MigrationStore};
+use waymark_sqlite::{SqliteConfig, SqliteStore};
+use waymark_tests::sqlite::{Helper, db_path, fresh_store, raw};
+
+const HELPER: &str = env!("CARGO_BIN_EXE_sqlite_helper");
+
+fn id(raw: i64) -> MigrationId {
+    MigrationId::new(raw).unwrap()
+}
+
+/// The table the original Python service created, with its data.
+const ORIGINAL: &str = "
+    CREATE TABLE migrations (
+        id INTEGER NOT NULL PRIMARY KEY,
+        name VARCHAR(250) NOT NULL,
+        description VARCHAR(2500),
+        executed BOOLEAN NOT NULL DEFAULT 0
+    );
+    INSERT INTO migrations (id, name, description, executed) VALUES
+        (1, 'prefix_paths', 'Prefix stream file paths', 1),
+        (2, 'dedupe_laps', 'Remove duplicated laps', 0),
+        (3, 'fill_pace', NULL, 1),
+        (7, 'recompute_power', 'Recompute power averages', 0);
+";
+
+fn columns(conn: &rusqlite::Connection, table: &str) -> Vec<String> {
+    let mut stmt = conn
+        .prepare("SELECT name FROM pragma_table_info(?1) ORDER BY cid")
+        .unwrap();
+    stmt.query_map([table], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_original_four_column_table_is_adopted_with_every_row_intact() {
+    let (store, dir) = fresh_store().await;
+    let conn = raw(&db_path(&dir));
+    conn.execute_batch(ORIGINAL).unwrap();
+
+    store.prepare().await.unwrap();
+
+    assert_eq!(
+        columns(&conn, "migrations"),
+        [
+            "id",
+            "name",
+            "description",
+            "executed",
+            "executed_at",
+            "attempts",
+            "last_error",
+            "checkpoint"
+        ]
+    );
+    let rows = store.list().await.unwrap();
+    let seen: Vec<(i64, &str, &str, bool)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.id.get(),
+                r.name.as_str(),
+                r.description.as_str(),
+                r.executed,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, "prefix_paths", "Prefix stream file paths", true),
+            (2, "dedupe_laps", "Remove duplicated laps", false),
+            (3, "fill_pace", "", true),
+            (7, "recompute_power", "Recompute power averages", false),
+        ]
+    );
+    for row in &rows {
+        assert_eq!((row.executed_at, row.attempts), (None, 0));
+        assert_eq!((&row.last_error, &row.checkpoint), (&None, &None));
+    }
+    let pending: Vec<i64> = store
+        .pending()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id.get())
+        .collect();
+    assert_eq!(pending, [2, 7]);
+
+    // Idempotent, and the application's own definitions register on top:
+    // known ids keep their state, a new one arrives pending.
+    store.prepare().await.unwrap();
+    let mut defs: Vec<MigrationDef> = rows
+        .iter()
+        .map(|r| MigrationDef::new(r.id.get(), r.name.clone(), "").unwrap())
+        .collect();
+    defs.push(MigrationDef::new(8, "split_laps", "").unwrap());
+    store.register(&defs).await.unwrap();
+    let pending: Vec<i64> = store
+        .pending()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id.get())
+        .collect();
+    assert_eq!(pending, [2, 7, 8]);
+    store.record_success(id(2)).await.unwrap();
+    assert!(store.get(id(2)).await.unwrap().executed_at.is_some());
+    let count: i64 = conn
+        .query_row("SELECT count(*) FROM migrations", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(count, 5);
+}
+
+/// An original table whose `executed` allowed NULL: NULL never meant done.
+#[tokio::test]
+async fn a_null_executed_is_adopted_as_pending() {
+    let (store, dir) = fresh_store().await;
+    raw(&db_path(&dir))
+        .execute_batch(
+            "CREATE TABLE migrations (id INTEGER PRIMARY KEY, name TEXT, description TEXT, executed BOOLEAN);
+             INSERT INTO migrations VALUES (1, 'a', 'x', NULL), (2, 'b', 'y', 1);",
+        )
+        .unwrap();
+    store.prepare().await.unwrap();
+    let rows = store.list().await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.executed).collect::<Vec<_>>(),
+        [false, true]
+    );
+    assert_eq!(store.pending().await.unwrap()[0].id, id(1));
+}
+
+/// The configured table name is used everywhere, and another table in the
+/// same file is untouched.
+#[tokio::test]
+async fn a_custom_table_name_is_adopted_and_others_are_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let conn = raw(&path);
+    conn.execute_batch(&ORIGINAL.replace("migrations", "data_migrations"))
+        .unwrap();
+    conn.execute_batch("CREATE TABLE migrations (version TEXT PRIMARY KEY)")
+        .unwrap();
+    let store = SqliteStore::open_with(SqliteConfig::file(&path).table("data_migrations"))
+        .await
+        .unwrap();
+    store.prepare().await.unwrap();
+    assert_eq!(store.table(), "data_migrations");
+    assert_eq!(store.pending().await.unwrap().len(), 2);
+    assert_eq!(columns(&conn, "migrations"), ["version"]);
+    assert_eq!(columns(&conn, "data_migrations").len(), 8);
+}
+
+/// Starts `count` helper processes that wait for a go file, then all open,
+/// prepare and register the same three migrations at once.
+fn race_prepare(path: &Path, count: usize) {
+    let go = path.with_extension("go");
+    let helpers: Vec<Helper> = (0..count)
+        .map(|_| Helper::spawn(HELPER, [Path::new("prepare"), path, &go]))
+        .collect();
+    std::fs::write(&go, b"").unwrap();
+    for helper in helpers {
+        let (lines, ok) = helper.finish(Duration::from_secs(60));
+        assert!(ok, "a racing prepare failed: {lines:?}");
+        assert_eq!(lines, ["prepared"]);
+    }
+}
+
+async fn assert_prepared_once(path: &Path, expected_ids: &[i64]) {
+    let store = SqliteStore::open(path).await.unwrap();
+    let ids: Vec<i64> = store
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id.get())
+        .collect();
+    assert_eq!(ids, expected_ids);
+    let conn = raw(path);
+    assert_eq!(columns(&conn, "migrations").len(), 8);
+    let objects: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name IN ('migrations_pending', 'migrations_fingerprints')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(objects, 2);
+    let sets: i64 = conn
+        .query_row("SELECT count(*) FROM migrations_fingerprints", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(sets, 1);
+}
+
+#[tokio::test]
+async fn processes_preparing_a_new_database_at_once_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("race.db");
+    race_prepare(&path, 4);
+    assert_prepared_once(&path, &[1, 2, 3]).await;
+}
+
+#[tokio::test]
+async fn processes_adopting_the_original_table_at_once_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("race.db");
+    raw(&path)
+        .execute_batch(
+            "CREATE TABLE migrations (id INTEGER PRIMARY KEY, name TEXT, description TEXT, executed BOOLEAN);
+             INSERT INTO migrations VALUES (1, 'm1', 'old', 1), (5, 'm5', 'old', 0);",
+        )
+        .unwrap();
+    race_prepare(&path, 4);
+    assert_prepared_once(&path, &[1, 2, 3, 5]).await;
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert!(store.get(id(1)).await.unwrap().executed);
+    assert_eq!(store.get(id(1)).await.unwrap().description, "old");
+}
