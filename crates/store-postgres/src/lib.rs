@@ -1,2 +1,70 @@
-//! PostgreSQL store for waymark: pooled, advisory-locked
+//! PostgreSQL store for [waymark](https://docs.rs/waymark): pooled,
+//! advisory-locked, for servers and for applications that run several
+//! replicas against one database.
+//!
+//! [`PostgresStore`] implements [`waymark_core::MigrationStore`] on
+//! tokio-postgres and deadpool-postgres:
+//!
+//! - **Table.** `prepare` creates `public.migrations` (schema and table are
+//!   configurable): the original four columns `id BIGINT PRIMARY KEY`,
+//!   `name VARCHAR(250)`, `description VARCHAR(2500)`, `executed BOOLEAN`,
+//!   plus `executed_at TIMESTAMPTZ`, `attempts`, `last_error` and
+//!   `checkpoint`, with column comments and a partial index on pending rows.
+//!   An existing table of the original four columns is upgraded in place,
+//!   keeping every row. Any number of processes may call `prepare` at once.
+//! - **Run lock.** A PostgreSQL advisory lock whose key derives from schema
+//!   and table, so apps with different tables never block each other. The
+//!   connection holding it has left the pool for good: it is never handed
+//!   back still holding the lock, and when the guard is dropped or the
+//!   process dies, the session ends and the server frees the lock at once.
+//! - **Atomic handlers.** [`PostgresStore::atomic`] gives a handler the
+//!   `tokio_postgres::Transaction` its success is recorded in;
+//!   [`PostgresStore::batched`] commits each batch with its checkpoint.
+//! - **Errors.** Connection and server failures are
+//!   [`Error::Store`](waymark_core::Error::Store), naming host and port
+//!   (never the password), with the server's error and its SQLSTATE in the
+//!   source chain ([`sqlstate`]). Nothing waits forever: connecting,
+//!   waiting for a pooled connection and every statement have limits
+//!   ([`PostgresConfig`]).
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use waymark_core::{MigrationDef, MigrationStore};
+//! use waymark_postgres::PostgresStore;
+//!
+//! # async fn demo() -> Result<(), waymark_core::Error> {
+//! let store = PostgresStore::connect("postgres://app@localhost:5432/app").await?;
+//! store.prepare().await?;
+//! store.register(&[MigrationDef::new(1, "fill_pace", "Derive pace from speed")?]).await?;
+//! let _guard = store.lock(Duration::from_secs(30)).await?;
+//! for migration in store.pending().await? {
+//!     println!("would run {} {}", migration.id, migration.name);
+//! }
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
+
+mod atomic;
+mod call;
+mod config;
+mod conn;
+mod error;
+mod lock;
+mod ops;
+mod row;
+mod schema;
+mod sql;
+mod store;
+
+pub use atomic::BoxFuture;
+pub use config::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_STATEMENT_TIMEOUT, PostgresConfig,
+};
+pub use error::sqlstate;
+pub use store::PostgresStore;
+
+/// Re-exported so that applications name the same versions as the store.
+pub use deadpool_postgres;
+/// Re-exported so that applications name the same versions as the store.
+pub use tokio_postgres;

@@ -1,0 +1,417 @@
+//! How to reach the server and where to keep the tracking table.
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio_postgres::config::Host;
+use waymark_core::{Error, error_chain};
+
+/// The longest schema name PostgreSQL keeps whole (`NAMEDATALEN - 1` bytes).
+const MAX_SCHEMA_LEN: usize = 63;
+/// The longest table name: 63 bytes less the longest suffix of the names
+/// derived from it (`_fingerprints`), so derived names are never truncated.
+const MAX_TABLE_LEN: usize = 50;
+
+/// Connect timeout when neither the builder nor the URL sets one.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Statement timeout when the builder sets none.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Connections in a pool the store creates itself.
+pub const DEFAULT_POOL_SIZE: usize = 8;
+
+/// Settings of a [`PostgresStore`](crate::PostgresStore): the server, the
+/// table, and limits so that no call waits forever.
+///
+/// Every setting is checked when the store is built; a bad one is
+/// [`Error::Invalid`] naming it (`"url"`, `"schema"`, `"table"`,
+/// `"pool_size"`, `"connect_timeout"`, `"statement_timeout"`).
+///
+/// ```
+/// use std::time::Duration;
+/// use waymark_postgres::PostgresConfig;
+///
+/// let config = PostgresConfig::new("postgres://app@db.internal:5432/app")
+///     .schema("ops")
+///     .table("data_migrations")
+///     .connect_timeout(Duration::from_secs(5))
+///     .statement_timeout(Duration::from_secs(30))
+///     .pool_size(4);
+/// assert!(config.validate().is_ok());
+///
+/// let bad = PostgresConfig::new("postgres://app@db/app").table("drop table x");
+/// assert!(matches!(bad.validate(), Err(waymark_core::Error::Invalid { field: "table", .. })));
+/// ```
+#[derive(Clone)]
+pub struct PostgresConfig {
+    url: String,
+    schema: String,
+    table: String,
+    connect_timeout: Option<Duration>,
+    statement_timeout: Duration,
+    pool_size: usize,
+}
+
+impl PostgresConfig {
+    /// Settings for the server at `url`, either a URL
+    /// (`postgres://user:password@host:port/database?options`) or libpq
+    /// `key=value` pairs; defaults everywhere else: table `public.migrations`,
+    /// connect timeout 10 s (unless the URL sets `connect_timeout`),
+    /// statement timeout 60 s, pool of 8 connections.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The schema of the tracking table (default `public`), created by
+    /// `prepare` when missing. A plain lowercase identifier: `a-z`, `0-9`,
+    /// `_`, not starting with a digit nor with `pg_`, at most 63 bytes.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// The tracking table (default `migrations`). A plain lowercase
+    /// identifier of at most 50 bytes: the store also creates
+    /// `<table>_fingerprints` and the index `<table>_pending_idx`.
+    pub fn table(mut self, table: impl Into<String>) -> Self {
+        self.table = table.into();
+        self
+    }
+
+    /// How long opening one connection may take, TCP and start-up
+    /// handshake together (default 10 s). Also bounds how long a call waits
+    /// to get a connection from the pool, together with the statement timeout.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// How long one statement may run (default 60 s): set as the server's
+    /// `statement_timeout` on the store's own connections, and enforced on
+    /// the client for each store call. Atomic handlers run on the same
+    /// connections: a handler whose statements take longer raises it with
+    /// `SET LOCAL statement_timeout` in its transaction.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// The most connections the store's own pool opens (default 8). The run
+    /// lock uses one more connection of its own while held.
+    pub fn pool_size(mut self, size: usize) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// The schema name as configured.
+    pub fn schema_name(&self) -> &str {
+        &self.schema
+    }
+
+    /// The table name as configured.
+    pub fn table_name(&self) -> &str {
+        &self.table
+    }
+
+    /// Checks every setting without connecting.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.check_names()?;
+        self.check_limits()?;
+        if !self.url.is_empty() {
+            self.pg_config()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_names(&self) -> Result<(), Error> {
+        validate_identifier("schema", &self.schema, MAX_SCHEMA_LEN)?;
+        if self.schema.starts_with("pg_") {
+            return Err(Error::invalid(
+                "schema",
+                format!(
+                    "names starting with pg_ are reserved by PostgreSQL, got {:?}",
+                    self.schema
+                ),
+            ));
+        }
+        validate_identifier("table", &self.table, MAX_TABLE_LEN)
+    }
+
+    pub(crate) fn check_limits(&self) -> Result<(), Error> {
+        if self.pool_size == 0 {
+            return Err(Error::invalid("pool_size", "must be at least 1, got 0"));
+        }
+        if self.connect_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::invalid(
+                "connect_timeout",
+                "must be longer than zero (zero would mean waiting forever)",
+            ));
+        }
+        if self.statement_timeout < Duration::from_millis(1) {
+            return Err(Error::invalid(
+                "statement_timeout",
+                format!(
+                    "must be at least 1 ms (zero would mean no limit), got {:?}",
+                    self.statement_timeout
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The parsed connection settings, with the store's timeouts applied.
+    /// The error never repeats the URL: it may hold a password.
+    pub(crate) fn pg_config(&self) -> Result<tokio_postgres::Config, Error> {
+        let mut pg: tokio_postgres::Config = self.url.parse().map_err(|e| {
+            Error::invalid(
+                "url",
+                format!("not a PostgreSQL connection string: {}", error_chain(&e)),
+            )
+        })?;
+        if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
+            return Err(Error::invalid("url", "names no host to connect to"));
+        }
+        let connect_timeout = self.effective_connect_timeout(&pg);
+        pg.connect_timeout(connect_timeout);
+        // The server enforces the statement timeout on every statement of
+        // the session; it takes at most i32::MAX milliseconds (24.8 days).
+        let limit = format!(
+            "-c statement_timeout={}",
+            self.statement_timeout.as_millis().min(i32::MAX as u128)
+        );
+        let options = match pg.get_options() {
+            Some(existing) if !existing.trim().is_empty() => format!("{existing} {limit}"),
+            _ => limit,
+        };
+        pg.options(options);
+        if pg.get_application_name().is_none() {
+            pg.application_name("waymark");
+        }
+        Ok(pg)
+    }
+
+    pub(crate) fn effective_connect_timeout(&self, pg: &tokio_postgres::Config) -> Duration {
+        self.connect_timeout
+            .or_else(|| pg.get_connect_timeout().copied().filter(|t| !t.is_zero()))
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub(crate) fn connect_timeout_or_default(&self) -> Duration {
+        self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+    }
+
+    pub(crate) fn statement_timeout_value(&self) -> Duration {
+        self.statement_timeout
+    }
+
+    pub(crate) fn pool_size_value(&self) -> usize {
+        self.pool_size
+    }
+}
+
+/// No URL and every default: for
+/// [`PostgresStore::from_pool_with`](crate::PostgresStore::from_pool_with),
+/// where the application's pool decides how to connect.
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            schema: "public".to_owned(),
+            table: "migrations".to_owned(),
+            connect_timeout: None,
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
+            pool_size: DEFAULT_POOL_SIZE,
+        }
+    }
+}
+
+/// Never shows the URL: it may hold a password.
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let server = self
+            .url
+            .parse::<tokio_postgres::Config>()
+            .map(|pg| describe_server(&pg))
+            .unwrap_or_else(|_| "<unparsed url>".to_owned());
+        f.debug_struct("PostgresConfig")
+            .field("server", &server)
+            .field("schema", &self.schema)
+            .field("table", &self.table)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+fn validate_identifier(field: &'static str, name: &str, max_len: usize) -> Result<(), Error> {
+    let mut chars = name.chars();
+    let plain = matches!(chars.next(), Some('a'..='z' | '_'))
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'));
+    if !plain || name.len() > max_len {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "must be a plain lowercase identifier (a-z, 0-9 and _, not starting with a digit, \
+                 at most {max_len} bytes), got {name:?}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `host:port` of every server the settings name, and the database; never
+/// the user's password.
+pub(crate) fn describe_server(pg: &tokio_postgres::Config) -> String {
+    let ports = pg.get_ports();
+    let port = |i: usize| {
+        ports
+            .get(i)
+            .or_else(|| ports.first())
+            .copied()
+            .unwrap_or(5432)
+    };
+    let mut hosts: Vec<String> = pg
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| match host {
+            Host::Tcp(name) if name.contains(':') => format!("[{name}]:{}", port(i)),
+            Host::Tcp(name) => format!("{name}:{}", port(i)),
+            #[cfg(unix)]
+            Host::Unix(path) => format!("{}:{}", path.display(), port(i)),
+        })
+        .collect();
+    if hosts.is_empty() {
+        hosts = pg
+            .get_hostaddrs()
+            .iter()
+            .enumerate()
+            .map(|(i, addr)| match addr {
+                std::net::IpAddr::V6(v6) => format!("[{v6}]:{}", port(i)),
+                std::net::IpAddr::V4(v4) => format!("{v4}:{}", port(i)),
+            })
+            .collect();
+    }
+    let mut described = hosts.join(",");
+    if let Some(db) = pg.get_dbname().or(pg.get_user()) {
+        described.push_str(&format!(" (database {db:?})"));
+    }
+    described
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(result: Result<(), Error>) -> &'static str {
+        match result {
+            Err(Error::Invalid { field, .. }) => field,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn names_must_be_plain_identifiers() {
+        for bad in ["", "Migrations", "1st", "a-b", "a b", "x\"y", "é", "a;drop"] {
+            let config = PostgresConfig::new("host=h").table(bad);
+            assert_eq!(field(config.validate()), "table", "{bad:?}");
+            let config = PostgresConfig::new("host=h").schema(bad);
+            assert_eq!(field(config.validate()), "schema", "{bad:?}");
+        }
+        assert_eq!(
+            field(PostgresConfig::new("host=h").schema("pg_temp").validate()),
+            "schema"
+        );
+        assert_eq!(
+            field(
+                PostgresConfig::new("host=h")
+                    .table("t".repeat(51))
+                    .validate()
+            ),
+            "table"
+        );
+        assert!(
+            PostgresConfig::new("host=h")
+                .schema("s".repeat(63))
+                .table(format!("_t{}", "9".repeat(48)))
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn limits_must_be_positive() {
+        let base = PostgresConfig::new("host=h");
+        assert_eq!(field(base.clone().pool_size(0).validate()), "pool_size");
+        assert_eq!(
+            field(base.clone().connect_timeout(Duration::ZERO).validate()),
+            "connect_timeout"
+        );
+        assert_eq!(
+            field(base.statement_timeout(Duration::from_micros(10)).validate()),
+            "statement_timeout"
+        );
+    }
+
+    #[test]
+    fn bad_urls_are_invalid_and_never_show_the_password() {
+        for url in [
+            "postgres://app:hunter2secret@db:notaport/app",
+            "postgres://app:hunter2secret@db/app?sslmode=sometimes",
+            "postgres://app:hunter2secret@/app",
+            "host=db password=hunter2secret port=x",
+            "password='hunter2secret",
+        ] {
+            let err = PostgresConfig::new(url).validate().unwrap_err();
+            assert!(
+                matches!(err, Error::Invalid { field: "url", .. }),
+                "{err:?}"
+            );
+            for text in [err.to_string(), format!("{err:?}"), error_chain(&err)] {
+                assert!(!text.contains("hunter2"), "{url}: {text}");
+            }
+            let debug = format!("{:?}", PostgresConfig::new(url));
+            assert!(!debug.contains("hunter2"), "{debug}");
+        }
+    }
+
+    #[test]
+    fn server_is_described_by_host_port_and_database() {
+        let pg: tokio_postgres::Config = "postgres://u:secret@db.example:6543/app".parse().unwrap();
+        assert_eq!(describe_server(&pg), "db.example:6543 (database \"app\")");
+        let pg: tokio_postgres::Config = "host=a,b port=1,2 user=u".parse().unwrap();
+        assert_eq!(describe_server(&pg), "a:1,b:2 (database \"u\")");
+        let pg: tokio_postgres::Config = "host=::1 dbname=d".parse().unwrap();
+        assert_eq!(describe_server(&pg), "[::1]:5432 (database \"d\")");
+    }
+
+    #[test]
+    fn timeouts_reach_the_connection_settings() {
+        let config = PostgresConfig::new("postgres://u@h/d?options=-c%20search_path%3Dx")
+            .statement_timeout(Duration::from_millis(1500));
+        let pg = config.pg_config().unwrap();
+        assert_eq!(
+            pg.get_options(),
+            Some("-c search_path=x -c statement_timeout=1500")
+        );
+        assert_eq!(pg.get_connect_timeout(), Some(&DEFAULT_CONNECT_TIMEOUT));
+        assert_eq!(pg.get_application_name(), Some("waymark"));
+        let from_url = PostgresConfig::new("postgres://u@h/d?connect_timeout=3");
+        assert_eq!(
+            from_url.pg_config().unwrap().get_connect_timeout(),
+            Some(&Duration::from_secs(3))
+        );
+        let explicit = from_url.connect_timeout(Duration::from_secs(1));
+        assert_eq!(
+            explicit.pg_config().unwrap().get_connect_timeout(),
+            Some(&Duration::from_secs(1))
+        );
+    }
+}

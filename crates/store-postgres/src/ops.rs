@@ -1,0 +1,204 @@
+//! The [`MigrationStore`] implementation: the tracking table's operations.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio_postgres::error::SqlState;
+use waymark_core::{
+    Error, LockGuard, Migration, MigrationDef, MigrationId, MigrationStore, check_unique_ids,
+    name_conflict, now_utc,
+};
+
+use crate::PostgresStore;
+use crate::call::{Retry, body};
+use crate::conn::Conn;
+use crate::error::{self, timed_out};
+use crate::lock::{self, LockFailure};
+use crate::row::{self, check_text, storable_error};
+use crate::schema;
+
+/// Whether `error` says the table (or its schema) does not exist yet.
+fn missing_table(error: &tokio_postgres::Error) -> bool {
+    matches!(
+        error.code(),
+        Some(&SqlState::UNDEFINED_TABLE | &SqlState::INVALID_SCHEMA_NAME)
+    )
+}
+
+#[async_trait]
+impl MigrationStore for PostgresStore {
+    async fn prepare(&self) -> Result<(), Error> {
+        let schema = self.schema();
+        let sql = self.statements();
+        self.call(
+            "preparing",
+            Retry::Once,
+            body!(|conn| {
+                let tx = conn.transaction().await?;
+                schema::prepare(&tx, schema, sql).await?;
+                tx.commit().await?;
+                Ok(())
+            }),
+        )
+        .await
+    }
+
+    async fn register(&self, defs: &[MigrationDef]) -> Result<(), Error> {
+        check_unique_ids(defs)?;
+        for def in defs {
+            check_text("name", def.name())?;
+            check_text("description", def.description())?;
+        }
+        // Inserted in id order, so concurrent registrations of overlapping
+        // sets wait for each other instead of deadlocking.
+        let by_id: HashMap<i64, &MigrationDef> = defs.iter().map(|d| (d.id().get(), d)).collect();
+        let mut ids: Vec<i64> = by_id.keys().copied().collect();
+        ids.sort_unstable();
+        let names: Vec<&str> = ids.iter().map(|id| by_id[id].name()).collect();
+        let descriptions: Vec<&str> = ids.iter().map(|id| by_id[id].description()).collect();
+        let fingerprint = MigrationDef::fingerprint(defs);
+        let (by_id, ids, names, descriptions, fingerprint) =
+            (&by_id, &ids, &names, &descriptions, &fingerprint);
+        let sql = self.statements();
+        self.call(
+            "registering migrations",
+            Retry::Once,
+            body!(|conn| {
+                let tx = conn.transaction().await?;
+                if !ids.is_empty() {
+                    let insert = tx.prepare_cached(&sql.insert).await?;
+                    tx.execute(&insert, &[ids, names, descriptions]).await?;
+                    // Read back after inserting: a row another process
+                    // inserted at the same moment is visible now, and checked.
+                    let tracked = tx.prepare_cached(&sql.names).await?;
+                    for row in tx.query(&tracked, &[ids]).await? {
+                        let (id, name): (i64, Option<String>) = (row.get(0), row.get(1));
+                        let def = by_id[&id];
+                        let name = name.unwrap_or_default();
+                        if name != def.name() {
+                            tx.rollback().await?;
+                            return Err(name_conflict(def.id(), &name, def.name()).into());
+                        }
+                    }
+                }
+                let record = tx.prepare_cached(&sql.insert_fingerprint).await?;
+                tx.execute(&record, &[fingerprint, &now_utc()]).await?;
+                tx.commit().await?;
+                Ok(())
+            }),
+        )
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<Migration>, Error> {
+        self.select("listing migrations", &self.statements().list)
+            .await
+    }
+
+    async fn pending(&self) -> Result<Vec<Migration>, Error> {
+        self.select("listing pending migrations", &self.statements().pending)
+            .await
+    }
+
+    async fn get(&self, id: MigrationId) -> Result<Migration, Error> {
+        let raw = id.get();
+        let sql = self.statements();
+        self.call(
+            "reading a migration",
+            Retry::Once,
+            body!(|conn| {
+                let statement = conn.prepare_cached(&sql.get).await?;
+                match conn.query_opt(&statement, &[&raw]).await? {
+                    Some(row) => row::migration(&row),
+                    None => Err(Error::NotFound { id: raw }.into()),
+                }
+            }),
+        )
+        .await
+    }
+
+    async fn mark_executed(&self, id: MigrationId) -> Result<(), Error> {
+        let sql = &self.statements().mark_executed;
+        let doing = "marking a migration executed";
+        self.update(doing, Retry::Once, sql, id, &now_utc()).await
+    }
+
+    async fn record_success(&self, id: MigrationId) -> Result<(), Error> {
+        // Never retried: a second run would count a second attempt.
+        let sql = &self.statements().record_success;
+        let doing = "recording a success";
+        self.update(doing, Retry::Never, sql, id, &now_utc()).await
+    }
+
+    async fn mark_pending(&self, id: MigrationId) -> Result<(), Error> {
+        let raw = id.get();
+        let sql = self.statements();
+        self.call(
+            "marking a migration pending",
+            Retry::Once,
+            body!(|conn| {
+                let statement = conn.prepare_cached(&sql.mark_pending).await?;
+                match conn.execute(&statement, &[&raw]).await? {
+                    0 => Err(Error::NotFound { id: raw }.into()),
+                    _ => Ok(()),
+                }
+            }),
+        )
+        .await
+    }
+
+    async fn record_failure(&self, id: MigrationId, error: &str) -> Result<(), Error> {
+        let error = storable_error(error);
+        let sql = &self.statements().record_failure;
+        let doing = "recording a failure";
+        self.update(doing, Retry::Never, sql, id, &error.as_ref())
+            .await
+    }
+
+    async fn save_checkpoint(&self, id: MigrationId, checkpoint: &str) -> Result<(), Error> {
+        check_text("checkpoint", checkpoint)?;
+        let sql = &self.statements().save_checkpoint;
+        let doing = "saving a checkpoint";
+        self.update(doing, Retry::Once, sql, id, &checkpoint).await
+    }
+
+    async fn is_settled(&self, fingerprint: &str) -> Result<bool, Error> {
+        if fingerprint.contains('\0') {
+            return Ok(false); // never registered: it could not have been stored
+        }
+        let sql = self.statements();
+        self.call(
+            "checking whether migrations are settled",
+            Retry::Once,
+            body!(|conn| {
+                let statement = match conn.prepare_cached(&sql.is_settled).await {
+                    Err(e) if missing_table(&e) => return Ok(false),
+                    other => other?,
+                };
+                match conn.query_one(&statement, &[&fingerprint]).await {
+                    Err(e) if missing_table(&e) => Ok(false),
+                    other => Ok(other?.get(0)),
+                }
+            }),
+        )
+        .await
+    }
+
+    async fn lock(&self, wait: Duration) -> Result<LockGuard, Error> {
+        let client = self.checkout().await?.detach();
+        // The server gives up at `wait`; this only guards against a server
+        // that stops answering. Dropping the future closes the connection.
+        let limit = wait.saturating_add(self.statement_timeout());
+        let doing = "taking the migration lock";
+        match tokio::time::timeout(limit, lock::acquire(client, self.lock_key(), wait)).await {
+            Ok(Ok(guard)) => Ok(guard),
+            Ok(Err(LockFailure::Busy)) => Err(lock::busy(wait)),
+            Ok(Err(LockFailure::Pg(e))) => Err(error::pg(self.context(doing), e)),
+            Err(_) => Err(Error::store(
+                self.context(doing),
+                timed_out(limit, "no answer from the server"),
+            )),
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! `PostgresStore`: building it (from a URL or the application's pool)
+//! and what it holds.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::NoTls;
+use waymark_core::Error;
+
+use crate::config::{PostgresConfig, describe_server};
+use crate::lock;
+use crate::sql::Statements;
+
+/// A [`MigrationStore`](waymark_core::MigrationStore) on PostgreSQL, for servers and for applications
+/// that run several replicas against one database.
+///
+/// Cheap to clone: clones share one pool. Build it from a URL
+/// ([`connect`](Self::connect), [`connect_with`](Self::connect_with)) or
+/// from the application's own pool ([`from_pool`](Self::from_pool),
+/// [`from_pool_with`](Self::from_pool_with)). The run lock is an advisory
+/// lock keyed by schema and table ([`lock_key`](Self::lock_key)), held by a
+/// connection that has left the pool; atomic handlers
+/// ([`atomic`](Self::atomic), [`batched`](Self::batched)) commit their data
+/// change with the bookkeeping.
+///
+/// ```no_run
+/// use waymark_core::MigrationStore;
+/// use waymark_postgres::{PostgresConfig, PostgresStore};
+///
+/// # async fn demo() -> Result<(), waymark_core::Error> {
+/// let store = PostgresStore::connect_with(
+///     PostgresConfig::new("postgres://app@localhost/app").schema("ops"),
+/// )
+/// .await?;
+/// store.prepare().await?;
+/// println!("{} pending", store.pending().await?.len());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    schema: String,
+    table: String,
+    sql: Statements,
+    /// `host:port (database …)`: what messages name; never a password.
+    server: String,
+    lock_key: i64,
+    connect_timeout: Duration,
+    statement_timeout: Duration,
+}
+
+impl PostgresStore {
+    /// Connects to the server at `url` with every other setting at its
+    /// default (see [`PostgresConfig`]).
+    ///
+    /// Opens one connection before returning, so a server that is down or a
+    /// wrong port is an [`Error::Store`] now, within the connect timeout,
+    /// naming the host and port (never the password).
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_with(PostgresConfig::new(url)).await
+    }
+
+    /// Connects with `config`; see [`connect`](Self::connect).
+    ///
+    /// The store's pool uses plain TCP or a Unix socket, without TLS; for
+    /// TLS, build a pool with your connector and use
+    /// [`from_pool_with`](Self::from_pool_with).
+    pub async fn connect_with(config: PostgresConfig) -> Result<Self, Error> {
+        config.check_names()?;
+        config.check_limits()?;
+        let pg = config.pg_config()?;
+        let server = describe_server(&pg);
+        let connect_timeout = config.effective_connect_timeout(&pg);
+        let statement_timeout = config.statement_timeout_value();
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size_value())
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(connect_timeout))
+            .recycle_timeout(Some(connect_timeout))
+            .wait_timeout(Some(connect_timeout.saturating_add(statement_timeout)))
+            .build()
+            .map_err(|e| Error::store(format!("building the pool for {server}"), e))?;
+        let store = Self::build(pool, &config, server, connect_timeout);
+        store.checkout().await?.release();
+        Ok(store)
+    }
+
+    /// Uses the application's own pool, with the default table
+    /// `public.migrations` and default timeouts.
+    pub fn from_pool(pool: Pool) -> Self {
+        Self::from_pool_with(pool, PostgresConfig::default())
+            .expect("the default settings are valid")
+    }
+
+    /// Uses the application's own pool with `config`'s schema, table and
+    /// timeouts. The pool decides how to connect (its size, its TLS, its
+    /// session settings); `config`'s URL, if any, only names the server in
+    /// error messages. Getting a connection and each store call are still
+    /// bounded by `config`'s timeouts.
+    pub fn from_pool_with(pool: Pool, config: PostgresConfig) -> Result<Self, Error> {
+        config.check_names()?;
+        config.check_limits()?;
+        let server = if config.url().is_empty() {
+            "PostgreSQL (the application's pool)".to_owned()
+        } else {
+            describe_server(&config.pg_config()?)
+        };
+        let connect_timeout = config.connect_timeout_or_default();
+        Ok(Self::build(pool, &config, server, connect_timeout))
+    }
+
+    fn build(
+        pool: Pool,
+        config: &PostgresConfig,
+        server: String,
+        connect_timeout: Duration,
+    ) -> Self {
+        let (schema, table) = (config.schema_name(), config.table_name());
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                sql: Statements::new(schema, table),
+                lock_key: lock::run_lock_key(schema, table),
+                schema: schema.to_owned(),
+                table: table.to_owned(),
+                server,
+                connect_timeout,
+                statement_timeout: config.statement_timeout_value(),
+            }),
+        }
+    }
+
+    /// The pool the store uses.
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// The schema of the tracking table.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// The tracking table.
+    pub fn table(&self) -> &str {
+        &self.inner.table
+    }
+
+    /// The key of the run lock's advisory lock, derived from schema and
+    /// table (stable across versions and hosts). In `pg_locks` it appears
+    /// as `classid` = high 32 bits, `objid` = low 32 bits, `objsubid` = 1.
+    pub fn lock_key(&self) -> i64 {
+        self.inner.lock_key
+    }
+
+    /// The context of an error while `doing` something to the table.
+    pub(crate) fn context(&self, doing: &str) -> String {
+        format!(
+            "{doing} in {} at {}",
+            self.inner.sql.display, self.inner.server
+        )
+    }
+
+    pub(crate) fn statements(&self) -> &Statements {
+        &self.inner.sql
+    }
+
+    pub(crate) fn server(&self) -> &str {
+        &self.inner.server
+    }
+
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.inner.connect_timeout
+    }
+
+    pub(crate) fn statement_timeout(&self) -> Duration {
+        self.inner.statement_timeout
+    }
+}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("server", &self.inner.server)
+            .field("table", &self.inner.sql.display)
+            .field("pool", &self.inner.pool.status())
+            .finish_non_exhaustive()
+    }
+}

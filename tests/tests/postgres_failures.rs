@@ -1,0 +1,424 @@
+//! PostgreSQL store when things go wrong: the run lock across pools,
+//! handler errors, panics, killed backends and killed processes; servers
+//! that are down or silent; backends terminated mid-call; and errors that
+//! keep their SQLSTATE and never show a password.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::error::SqlState;
+use waymark_core::{
+    BoxError, Error, Handler, MigrationContext, MigrationDef, MigrationId, MigrationStore,
+    error_chain,
+};
+use waymark_postgres::{PostgresConfig, PostgresStore, sqlstate};
+use waymark_tests::pg::{TestDatabase, fresh_database, fresh_store};
+
+fn id(raw: i64) -> MigrationId {
+    MigrationId::new(raw).unwrap()
+}
+
+fn def(raw: i64, name: &str) -> MigrationDef {
+    MigrationDef::new(raw, name, "").unwrap()
+}
+
+/// Every way an error can be printed, for checks on what it shows.
+fn all_text(err: &Error) -> String {
+    format!("{err}\n{err:?}\n{}", error_chain(err))
+}
+
+/// The one advisory lock held in `db`, with its key and holder.
+async fn only_lock(db: &TestDatabase) -> waymark_tests::pg::AdvisoryLock {
+    let locks = db.advisory_locks().await;
+    assert_eq!(locks.len(), 1, "{locks:?}");
+    locks.into_iter().next().unwrap()
+}
+
+#[tokio::test]
+async fn the_lock_is_exclusive_across_two_pools() {
+    let db = fresh_database().await;
+    let first = db.store().await;
+    let second = db.store().await;
+    assert_eq!(first.lock_key(), second.lock_key());
+    let guard = first.lock(Duration::from_secs(5)).await.unwrap();
+    let held = only_lock(&db).await;
+    assert_eq!((held.key, held.granted), (first.lock_key(), true));
+
+    let wait = Duration::from_millis(300);
+    let result = second.lock(wait).await;
+    assert!(
+        matches!(result, Err(Error::LockTimeout { waited }) if waited == wait),
+        "{result:?}"
+    );
+    let result = second.lock(Duration::ZERO).await;
+    assert!(
+        matches!(result, Err(Error::LockTimeout { .. })),
+        "{result:?}"
+    );
+
+    // A waiter gets it as soon as the holder lets go.
+    let waiter = tokio::spawn(async move { second.lock(Duration::from_secs(10)).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiter.is_finished());
+    drop(guard);
+    let _second_guard = waiter.await.unwrap().expect("the waiter takes the lock");
+    let held = only_lock(&db).await;
+    assert_eq!(held.key, first.lock_key());
+}
+
+#[tokio::test]
+async fn the_locks_connection_never_serves_the_pool() {
+    let db = fresh_database().await;
+    // Limits too large for the server are clamped, never overflowed.
+    let config = db
+        .config()
+        .pool_size(1)
+        .connect_timeout(Duration::MAX)
+        .statement_timeout(Duration::MAX);
+    let store = PostgresStore::connect_with(config).await.unwrap();
+    store.prepare().await.unwrap();
+    let _guard = store.lock(Duration::MAX).await.unwrap();
+    let holder = only_lock(&db).await.pid;
+    // The pool's single slot is free, and its connection is another session.
+    let pooled: i32 = store
+        .pool()
+        .get()
+        .await
+        .unwrap()
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(pooled, holder);
+    store.register(&[def(1, "one")]).await.unwrap();
+    assert_eq!(store.pending().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn after_a_handler_error_while_holding_the_lock_no_advisory_lock_is_left() {
+    let (store, db) = fresh_store().await;
+    store.prepare().await.unwrap();
+    store.register(&[def(1, "fails")]).await.unwrap();
+    let handler: Handler<()> = store.atomic(|tx, _ctx| {
+        Box::pin(async move {
+            tx.execute("SELECT 1", &[]).await?;
+            Err::<(), BoxError>("handler failed".into())
+        })
+    });
+    // What a runner does: lock, run, and leave through the error path.
+    async fn locked_run(store: &PostgresStore, handler: &Handler<()>) -> Result<(), BoxError> {
+        let _guard = store.lock(Duration::from_secs(5)).await?;
+        let row = store.get(id(1)).await?;
+        let ctx = MigrationContext::new(Arc::new(()), row, Arc::new(store.clone()));
+        let Handler::Async(handler) = handler else {
+            unreachable!()
+        };
+        handler.run(ctx).await?;
+        Ok(())
+    }
+    let err = locked_run(&store, &handler).await.unwrap_err();
+    assert_eq!(err.to_string(), "handler failed");
+    let left = db.wait_for_no_advisory_locks(Duration::from_secs(5)).await;
+    assert!(left.is_empty(), "advisory locks left: {left:?}");
+    // The store's pooled connections are alive and hold nothing.
+    assert!(store.pool().status().size >= 1);
+    let _next = store.lock(Duration::ZERO).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_panic_while_holding_the_lock_leaves_no_advisory_lock() {
+    let (store, db) = fresh_store().await;
+    let holder = store.clone();
+    let task = tokio::spawn(async move {
+        let _guard = holder.lock(Duration::from_secs(5)).await.unwrap();
+        panic!("handler panicked while holding the lock");
+    });
+    assert!(task.await.unwrap_err().is_panic());
+    let left = db.wait_for_no_advisory_locks(Duration::from_secs(5)).await;
+    assert!(left.is_empty(), "advisory locks left: {left:?}");
+    let _next = store.lock(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test]
+async fn killing_the_holders_backend_frees_the_lock() {
+    let db = fresh_database().await;
+    let first = db.store().await;
+    let second = db.store().await;
+    let stale_guard = first.lock(Duration::from_secs(5)).await.unwrap();
+    let holder = only_lock(&db).await.pid;
+    assert!(db.terminate(holder).await);
+    let _guard = second
+        .lock(Duration::from_secs(5))
+        .await
+        .expect("the lock is free once its session is gone");
+    drop(stale_guard);
+    // The first store is unharmed.
+    first.prepare().await.unwrap();
+}
+
+/// The child process of [`killing_the_holding_process_frees_the_lock`]:
+/// takes the lock on the database in the variable, says so, and waits to
+/// be killed. Without the variable (a normal test run) it does nothing.
+#[tokio::test]
+async fn child_process_holding_the_lock() {
+    let Ok(url) = std::env::var(CHILD_URL_VAR) else {
+        return;
+    };
+    // Exit with the parent even if it dies without killing us.
+    std::thread::spawn(|| {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+        std::process::exit(0);
+    });
+    let store = PostgresStore::connect(&url).await.unwrap();
+    let _guard = store.lock(Duration::from_secs(10)).await.unwrap();
+    println!("{LOCKED}");
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+const CHILD_URL_VAR: &str = "WAYMARK_TEST_LOCK_CHILD_URL";
+const LOCKED: &str = "waymark-child: locked";
+
+#[tokio::test]
+async fn killing_the_holding_process_frees_the_lock() {
+    let (store, db) = fresh_store().await;
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_process_holding_the_lock", "--nocapture"])
+        .env(CHILD_URL_VAR, db.url())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let locked = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains(LOCKED))
+    });
+    let locked = tokio::time::timeout(Duration::from_secs(30), locked).await;
+    if !matches!(locked, Ok(Ok(true))) {
+        let _ = child.kill();
+        panic!("the child never took the lock");
+    }
+    assert!(matches!(
+        store.lock(Duration::ZERO).await,
+        Err(Error::LockTimeout { .. })
+    ));
+    child.kill().unwrap(); // SIGKILL: no destructor runs
+    child.wait().unwrap();
+    let _guard = store
+        .lock(Duration::from_secs(5))
+        .await
+        .expect("the lock is free once its process is gone");
+}
+
+#[tokio::test]
+async fn a_closed_port_is_a_store_error_naming_host_and_port_not_the_password() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let url = format!("postgres://app:sup3r-s3cret@127.0.0.1:{port}/app");
+    let limit = Duration::from_secs(3);
+    let started = Instant::now();
+    let err = PostgresStore::connect_with(PostgresConfig::new(&url).connect_timeout(limit))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < limit, "took {:?}", started.elapsed());
+    assert!(matches!(err, Error::Store { .. }), "{err:?}");
+    let text = all_text(&err);
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+}
+
+#[tokio::test]
+async fn a_silent_server_is_a_store_error_within_the_connect_timeout() {
+    // Accepts TCP connections (the kernel does) but never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let url = format!("postgres://app:sup3r-s3cret@127.0.0.1:{port}/app");
+    let limit = Duration::from_millis(800);
+    let started = Instant::now();
+    let err = PostgresStore::connect_with(PostgresConfig::new(&url).connect_timeout(limit))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert!(took >= limit && took < limit * 4, "took {took:?}");
+    assert!(matches!(err, Error::Store { .. }), "{err:?}");
+    let text = all_text(&err);
+    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    assert!(text.contains("timed out"), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+    drop(listener);
+}
+
+#[tokio::test]
+async fn bad_settings_are_refused_before_connecting() {
+    let url = "postgres://app:sup3r-s3cret@127.0.0.1:1/app";
+    for (config, field) in [
+        (PostgresConfig::new(url).schema("Public"), "schema"),
+        (PostgresConfig::new(url).table("migrations; drop"), "table"),
+        (PostgresConfig::new(url).pool_size(0), "pool_size"),
+        (
+            PostgresConfig::new(url).statement_timeout(Duration::ZERO),
+            "statement_timeout",
+        ),
+        (
+            PostgresConfig::new("postgres://app:sup3r-s3cret@127.0.0.1:notaport/app"),
+            "url",
+        ),
+    ] {
+        match PostgresStore::connect_with(config).await {
+            Err(err @ Error::Invalid { .. }) => {
+                assert!(
+                    matches!(err, Error::Invalid { field: f, .. } if f == field),
+                    "{err:?}"
+                );
+                assert!(!all_text(&err).contains("s3cret"), "{err:?}");
+            }
+            other => panic!("expected Invalid {field}, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_sqlstate_stays_in_the_source_chain() {
+    let (store, _db) = fresh_store().await;
+    // Not prepared: the table is missing.
+    let err = store.list().await.unwrap_err();
+    assert!(matches!(err, Error::Store { .. }), "{err:?}");
+    assert_eq!(sqlstate(&err), Some(SqlState::UNDEFINED_TABLE));
+    let text = err.to_string();
+    assert!(
+        text.contains("42P01") && text.contains("prepare()"),
+        "{text}"
+    );
+    assert!(text.contains("127.0.0.1:"), "{text}");
+    // Walking the chain by hand finds the server's error too.
+    let mut source = std::error::Error::source(&err);
+    let mut found = None;
+    while let Some(cause) = source {
+        if let Some(db) = cause.downcast_ref::<tokio_postgres::error::DbError>() {
+            found = Some(db.code().clone());
+        }
+        source = cause.source();
+    }
+    assert_eq!(found, Some(SqlState::UNDEFINED_TABLE));
+}
+
+#[tokio::test]
+async fn a_backend_terminated_mid_call_is_an_error_and_the_pool_recovers() {
+    let db = fresh_database().await;
+    let store = PostgresStore::connect_with(db.config().pool_size(1))
+        .await
+        .unwrap();
+    store.prepare().await.unwrap();
+    store.register(&[def(1, "one")]).await.unwrap();
+    // Hold the table so the store's next statement waits on it.
+    let mut admin = db.admin().await;
+    let blocker = admin.transaction().await.unwrap();
+    blocker
+        .batch_execute("LOCK TABLE migrations IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let call = tokio::spawn({
+        let store = store.clone();
+        async move { store.record_failure(id(1), "boom").await }
+    });
+    let waiting = wait_for_lock_waiter(&db).await;
+    assert!(db.terminate(waiting).await);
+    let err = call.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Store { .. }), "{err:?}");
+    assert_eq!(sqlstate(&err), Some(SqlState::ADMIN_SHUTDOWN), "{err}");
+    assert!(err.to_string().contains("recording a failure"), "{err}");
+    blocker.rollback().await.unwrap();
+    // The next call on the same one-connection pool succeeds.
+    let row = store.get(id(1)).await.unwrap();
+    assert_eq!(row.attempts, 0, "the terminated update did not happen");
+    store.record_failure(id(1), "boom").await.unwrap();
+    assert_eq!(store.get(id(1)).await.unwrap().attempts, 1);
+}
+
+#[tokio::test]
+async fn an_atomic_handler_whose_backend_is_terminated_fails_and_the_pool_recovers() {
+    let db = fresh_database().await;
+    let store = PostgresStore::connect_with(db.config().pool_size(1))
+        .await
+        .unwrap();
+    store.prepare().await.unwrap();
+    store.register(&[def(1, "slow")]).await.unwrap();
+    let (pids, mut pid) = tokio::sync::mpsc::unbounded_channel::<i32>();
+    let handler: Handler<()> = store.atomic(move |tx, _ctx| {
+        let pids = pids.clone();
+        Box::pin(async move {
+            let row = tx.query_one("SELECT pg_backend_pid()", &[]).await?;
+            let _ = pids.send(row.get(0));
+            tx.execute("SELECT pg_sleep(30)", &[]).await?;
+            Ok(())
+        })
+    });
+    let running = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let row = store.get(id(1)).await.unwrap();
+            let ctx = MigrationContext::new(Arc::new(()), row, Arc::new(store.clone()));
+            let recorded = ctx.completion_flag();
+            let Handler::Async(handler) = handler else {
+                unreachable!()
+            };
+            (handler.run(ctx).await, recorded.is_set())
+        }
+    });
+    let pid = pid.recv().await.unwrap();
+    assert!(db.terminate(pid).await);
+    let (result, recorded) = running.await.unwrap();
+    let err = result.unwrap_err();
+    assert_eq!(sqlstate(&*err), Some(SqlState::ADMIN_SHUTDOWN), "{err}");
+    assert!(!recorded);
+    let row = store.get(id(1)).await.unwrap();
+    assert!(!row.executed);
+}
+
+#[tokio::test]
+async fn idle_pooled_connections_terminated_by_the_server_are_replaced() {
+    let db = fresh_database().await;
+    let store = PostgresStore::connect_with(db.config().pool_size(2))
+        .await
+        .unwrap();
+    store.prepare().await.unwrap();
+    store
+        .register(&[def(1, "one"), def(2, "two")])
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert!(db.terminate_all().await >= 1);
+        assert_eq!(store.pending().await.unwrap().len(), 2);
+        store.mark_executed(id(1)).await.unwrap();
+        store.mark_pending(id(1)).await.unwrap();
+    }
+}
+
+/// The pid of the store's session waiting for a lock, once it waits.
+async fn wait_for_lock_waiter(db: &TestDatabase) -> i32 {
+    let admin = db.admin().await;
+    for _ in 0..500 {
+        let rows = admin
+            .query(
+                "SELECT pid FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name = 'waymark' \
+                   AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if let Some(row) = rows.first() {
+            return row.get(0);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the store's call never waited for the lock");
+}

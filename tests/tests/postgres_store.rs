@@ -1,0 +1,759 @@
+//! PostgreSQL store beyond the shared conformance suite: `prepare` under
+//! concurrency, the table it creates, adopting the original four-column
+//! table, and atomic handlers whose data change commits with the
+//! bookkeeping (or rolls back with it).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Barrier;
+use waymark_core::{
+    BatchStep, BoxError, Error, Handler, MigrationContext, MigrationDef, MigrationId,
+    MigrationStore,
+};
+use waymark_postgres::PostgresStore;
+use waymark_tests::pg::{TestDatabase, fresh_database, fresh_store};
+
+fn id(raw: i64) -> MigrationId {
+    MigrationId::new(raw).unwrap()
+}
+
+fn def(raw: i64, name: &str) -> MigrationDef {
+    MigrationDef::new(raw, name, format!("about {name}")).unwrap()
+}
+
+/// Runs `handler` for migration `raw` as the runner would; returns its
+/// result and whether it recorded its own success.
+async fn run(
+    handler: &Handler<()>,
+    store: &PostgresStore,
+    raw: i64,
+) -> (Result<(), BoxError>, bool) {
+    let row = store.get(id(raw)).await.unwrap();
+    run_from(handler, store, row).await
+}
+
+/// [`run`] with the row as the run found it.
+async fn run_from(
+    handler: &Handler<()>,
+    store: &PostgresStore,
+    row: waymark_core::Migration,
+) -> (Result<(), BoxError>, bool) {
+    let ctx = MigrationContext::new(Arc::new(()), row, Arc::new(store.clone()));
+    let recorded = ctx.completion_flag();
+    let result = match handler {
+        Handler::Async(handler) => handler.run(ctx).await,
+        Handler::Blocking(_) => panic!("atomic handlers are async"),
+    };
+    (result, recorded.is_set())
+}
+
+/// A table of ten laps for handlers to change, each with a change counter.
+async fn laps(db: &TestDatabase) -> tokio_postgres::Client {
+    let admin = db.admin().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE laps (id INT PRIMARY KEY, speed INT NOT NULL, changes INT NOT NULL DEFAULT 0);
+             INSERT INTO laps (id, speed) SELECT n, n * 10 FROM generate_series(1, 10) AS n;",
+        )
+        .await
+        .unwrap();
+    admin
+}
+
+async fn lap_changes(admin: &tokio_postgres::Client) -> Vec<i32> {
+    admin
+        .query("SELECT changes FROM laps ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_concurrent_prepares_from_separate_connections_all_succeed() {
+    let db = fresh_database().await;
+    // Twenty stores, each with its own pool of one connection, in a schema
+    // that does not exist yet: every CREATE races.
+    let mut stores = Vec::new();
+    for _ in 0..20 {
+        let config = db
+            .config()
+            .schema("ops")
+            .table("data_migrations")
+            .pool_size(1);
+        stores.push(PostgresStore::connect_with(config).await.unwrap());
+    }
+    let start = Arc::new(Barrier::new(stores.len()));
+    let tasks: Vec<_> = stores
+        .iter()
+        .cloned()
+        .map(|store| {
+            let start = Arc::clone(&start);
+            tokio::spawn(async move {
+                start.wait().await;
+                store.prepare().await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await
+            .unwrap()
+            .expect("every concurrent prepare succeeds");
+    }
+    stores[0].register(&[def(1, "one")]).await.unwrap();
+    assert_eq!(stores[19].pending().await.unwrap().len(), 1);
+    let admin = db.admin().await;
+    let tables: i64 = admin
+        .query_one(
+            "SELECT COUNT(*) FROM pg_tables WHERE schemaname = 'ops'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 2, "the table and its fingerprints, once each");
+}
+
+#[tokio::test]
+async fn prepare_creates_the_documented_table() {
+    let (store, db) = fresh_store().await;
+    store.prepare().await.unwrap();
+    let admin = db.admin().await;
+    let columns: Vec<(String, String, bool, Option<String>)> = admin
+        .query(
+            "SELECT a.attname::TEXT, format_type(a.atttypid, a.atttypmod), a.attnotnull, \
+                    col_description(a.attrelid, a.attnum) \
+             FROM pg_attribute a \
+             WHERE a.attrelid = 'public.migrations'::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attnum",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3)))
+        .collect();
+    let shape: Vec<(&str, &str, bool)> = columns
+        .iter()
+        .map(|(name, kind, not_null, _)| (name.as_str(), kind.as_str(), *not_null))
+        .collect();
+    assert_eq!(
+        shape,
+        [
+            ("id", "bigint", true),
+            ("name", "character varying(250)", true),
+            ("description", "character varying(2500)", true),
+            ("executed", "boolean", true),
+            ("executed_at", "timestamp with time zone", false),
+            ("attempts", "integer", true),
+            ("last_error", "text", false),
+            ("checkpoint", "text", false),
+        ]
+    );
+    for (name, _, _, comment) in &columns {
+        assert!(
+            comment.as_deref().is_some_and(|c| !c.is_empty()),
+            "column {name} has no comment"
+        );
+    }
+    let index: String = admin
+        .query_one(
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'migrations_pending_idx'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(index.contains("WHERE (NOT executed)"), "{index}");
+    let primary: bool = admin
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint \
+             WHERE conrelid = 'public.migrations'::regclass AND contype = 'p')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(primary);
+}
+
+#[tokio::test]
+async fn a_four_column_table_is_adopted_with_its_rows_intact() {
+    let db = fresh_database().await;
+    let admin = db.admin().await;
+    // The original table, as the Python service created and filled it.
+    admin
+        .batch_execute(
+            "CREATE TABLE migrations (
+                 id SERIAL PRIMARY KEY,
+                 name VARCHAR(250) NOT NULL,
+                 description VARCHAR(2500),
+                 executed BOOLEAN DEFAULT FALSE);
+             INSERT INTO migrations (id, name, description, executed) VALUES
+                 (1, 'fix_path_prefix', 'Prefix stored paths', TRUE),
+                 (2, 'split_laps', NULL, FALSE),
+                 (3, 'never_marked', 'Executed left NULL', NULL),
+                 (40, 'fill_pace', 'Derive pace', TRUE);",
+        )
+        .await
+        .unwrap();
+    let store = db.store().await;
+    assert!(!store.is_settled("anything").await.unwrap());
+    store.prepare().await.unwrap();
+
+    let rows = store.list().await.unwrap();
+    let summary: Vec<(i64, &str, &str, bool)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.id.get(),
+                r.name.as_str(),
+                r.description.as_str(),
+                r.executed,
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, "fix_path_prefix", "Prefix stored paths", true),
+            (2, "split_laps", "", false),
+            (3, "never_marked", "Executed left NULL", false),
+            (40, "fill_pace", "Derive pace", true),
+        ]
+    );
+    assert!(
+        rows.iter()
+            .all(|r| r.attempts == 0 && r.checkpoint.is_none())
+    );
+    let pending: Vec<i64> = store
+        .pending()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id.get())
+        .collect();
+    assert_eq!(pending, [2, 3]);
+
+    // The adopted table works like a new one.
+    store
+        .register(&[
+            def(1, "fix_path_prefix"),
+            def(2, "split_laps"),
+            def(50, "new_one"),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        store.get(id(1)).await.unwrap().executed,
+        "executed state kept"
+    );
+    let conflict = store.register(&[def(40, "renamed")]).await;
+    assert!(
+        matches!(conflict, Err(Error::Conflict { id: 40, .. })),
+        "{conflict:?}"
+    );
+    store.record_success(id(2)).await.unwrap();
+    store.prepare().await.unwrap();
+    assert_eq!(store.list().await.unwrap().len(), 5);
+    let kind: String = admin
+        .query_one(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute \
+             WHERE attrelid = 'public.migrations'::regclass AND attname = 'id'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kind, "bigint");
+    // Code that knows only the four columns can still insert rows.
+    admin
+        .execute(
+            "INSERT INTO migrations (id, name, description, executed) \
+             VALUES (60, 'from_old_code', '', FALSE)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let row = store.get(id(60)).await.unwrap();
+    assert!(!row.executed && row.attempts == 0);
+}
+
+#[tokio::test]
+async fn a_four_column_table_without_a_primary_key_gets_one() {
+    let db = fresh_database().await;
+    let admin = db.admin().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE migrations (id INTEGER, name VARCHAR(250), description VARCHAR(2500), executed BOOLEAN);
+             INSERT INTO migrations VALUES (7, 'seven', 'x', TRUE), (8, 'eight', 'y', FALSE);",
+        )
+        .await
+        .unwrap();
+    let store = db.store().await;
+    store.prepare().await.unwrap();
+    let rows = store.list().await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows[0].executed && !rows[1].executed);
+    store
+        .register(&[def(8, "eight"), def(9, "nine")])
+        .await
+        .unwrap();
+    assert_eq!(store.pending().await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_table_of_another_kind_is_refused_and_left_alone() {
+    let db = fresh_database().await;
+    let admin = db.admin().await;
+    admin
+        .batch_execute(
+            "CREATE TABLE migrations (version TEXT PRIMARY KEY, applied_at TIMESTAMPTZ);
+             INSERT INTO migrations VALUES ('20240101_init', now());",
+        )
+        .await
+        .unwrap();
+    let store = db.store().await;
+    match store.prepare().await {
+        Err(Error::Invalid {
+            field: "table",
+            message,
+        }) => {
+            assert!(message.contains("public.migrations"), "{message}");
+        }
+        other => panic!("expected Invalid table, got {other:?}"),
+    }
+    let columns: i64 = admin
+        .query_one(
+            "SELECT COUNT(*) FROM information_schema.columns WHERE table_name = 'migrations'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(columns, 2, "nothing added to someone else's table");
+    // Another table name works beside it.
+    let ours = PostgresStore::connect_with(db.config().table("data_migrations"))
+        .await
+        .unwrap();
+    ours.prepare().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failing_atomic_handler_leaves_neither_its_change_nor_the_executed_flag() {
+    let (store, db) = fresh_store().await;
+    let admin = laps(&db).await;
+    store.prepare().await.unwrap();
+    store.register(&[def(1, "bump_laps")]).await.unwrap();
+    let handler: Handler<()> = store.atomic(|tx, _ctx| {
+        Box::pin(async move {
+            let changed = tx
+                .execute("UPDATE laps SET changes = changes + 1", &[])
+                .await?;
+            assert_eq!(changed, 10);
+            Err::<(), BoxError>("the third lap is corrupt".into())
+        })
+    });
+    let (result, recorded) = run(&handler, &store, 1).await;
+    assert_eq!(result.unwrap_err().to_string(), "the third lap is corrupt");
+    assert!(!recorded);
+    assert_eq!(
+        lap_changes(&admin).await,
+        [0; 10],
+        "data change rolled back"
+    );
+    let row = store.get(id(1)).await.unwrap();
+    assert!(!row.executed && row.executed_at.is_none());
+    assert_eq!(
+        row.attempts, 0,
+        "the runner, not the handler, records failures"
+    );
+    // The connection went back clean: the next call works.
+    assert_eq!(store.pending().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_succeeding_atomic_handler_commits_its_change_with_the_success() {
+    let (store, db) = fresh_store().await;
+    let admin = laps(&db).await;
+    store.prepare().await.unwrap();
+    store.register(&[def(1, "bump_laps")]).await.unwrap();
+    store.record_failure(id(1), "earlier try").await.unwrap();
+    store.save_checkpoint(id(1), "stale").await.unwrap();
+    let handler: Handler<()> = store.atomic(|tx, ctx| {
+        Box::pin(async move {
+            assert_eq!(ctx.checkpoint(), Some("stale"));
+            tx.execute("UPDATE laps SET changes = changes + 1", &[])
+                .await?;
+            Ok(())
+        })
+    });
+    let (result, recorded) = run(&handler, &store, 1).await;
+    result.unwrap();
+    assert!(recorded, "the runner must not record it again");
+    assert_eq!(lap_changes(&admin).await, [1; 10]);
+    let row = store.get(id(1)).await.unwrap();
+    assert!(row.executed && row.executed_at.is_some());
+    assert_eq!(
+        (row.attempts, row.last_error, row.checkpoint),
+        (2, None, None)
+    );
+}
+
+#[tokio::test]
+async fn failing_bookkeeping_rolls_back_the_handlers_change() {
+    let (store, db) = fresh_store().await;
+    let admin = laps(&db).await;
+    store.prepare().await.unwrap();
+    store.register(&[def(1, "bump_laps")]).await.unwrap();
+    let handler: Handler<()> = store.atomic(|tx, _ctx| {
+        Box::pin(async move {
+            tx.execute("UPDATE laps SET changes = changes + 1", &[])
+                .await?;
+            // Someone deletes the migration's row before the commit.
+            tx.execute("DELETE FROM migrations WHERE id = 1", &[])
+                .await?;
+            Ok(())
+        })
+    });
+    let (result, recorded) = run(&handler, &store, 1).await;
+    let err = result.unwrap_err();
+    assert!(
+        matches!(err.downcast_ref::<Error>(), Some(Error::NotFound { id: 1 })),
+        "{err}"
+    );
+    assert!(!recorded);
+    assert_eq!(lap_changes(&admin).await, [0; 10]);
+    assert!(!store.get(id(1)).await.unwrap().executed);
+}
+
+#[tokio::test]
+async fn an_abandoned_atomic_handler_rolls_back_and_its_connection_is_closed() {
+    let (store, db) = fresh_store().await;
+    let admin = laps(&db).await;
+    store.prepare().await.unwrap();
+    store.register(&[def(1, "slow")]).await.unwrap();
+    let handler: Handler<()> = store.atomic(|tx, _ctx| {
+        Box::pin(async move {
+            // Let the server notice a vanished client mid-statement (PostgreSQL 14+).
+            tx.batch_execute("SET LOCAL client_connection_check_interval = 100")
+                .await?;
+            tx.execute("UPDATE laps SET changes = changes + 1", &[])
+                .await?;
+            tx.execute("SELECT pg_sleep(30)", &[]).await?;
+            Ok(())
+        })
+    });
+    // The runner gives up on it (a timeout drops the future).
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), run(&handler, &store, 1)).await;
+    assert!(gave_up.is_err());
+    // Its session ends instead of idling in an open transaction.
+    let mut left = Vec::new();
+    for _ in 0..250 {
+        left = admin
+            .query(
+                "SELECT state FROM pg_stat_activity \
+                 WHERE datname = current_database() AND application_name = 'waymark' \
+                   AND state <> 'idle'",
+                &[],
+            )
+            .await
+            .unwrap();
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        left.is_empty(),
+        "a session of the abandoned run is still busy"
+    );
+    assert_eq!(lap_changes(&admin).await, [0; 10]);
+    assert!(!store.get(id(1)).await.unwrap().executed);
+}
+
+#[tokio::test]
+async fn a_batched_handler_commits_each_batch_with_its_checkpoint_and_resumes() {
+    let (store, db) = fresh_store().await;
+    let admin = laps(&db).await;
+    store.prepare().await.unwrap();
+    store
+        .register(&[def(1, "bump_laps_in_batches")])
+        .await
+        .unwrap();
+    let fail_at_seven = Arc::new(AtomicBool::new(true));
+    let fail = Arc::clone(&fail_at_seven);
+    let handler: Handler<()> = store.batched(move |tx, from, _ctx| {
+        let fail = Arc::clone(&fail);
+        Box::pin(async move {
+            let after: i32 = from.map(str::parse).transpose()?.unwrap_or(0);
+            if after >= 6 && fail.swap(false, Ordering::SeqCst) {
+                // Half-done work of the failing batch must roll back too.
+                tx.execute("UPDATE laps SET changes = changes + 100 WHERE id = 7", &[])
+                    .await?;
+                return Err("connection to the activity service lost".into());
+            }
+            let rows = tx
+                .query(
+                    "UPDATE laps SET changes = changes + 1 \
+                     WHERE id IN (SELECT id FROM laps WHERE id > $1 ORDER BY id LIMIT 3) \
+                     RETURNING id",
+                    &[&after],
+                )
+                .await?;
+            let last = rows.iter().map(|row| row.get::<_, i32>(0)).max();
+            Ok(match last {
+                Some(last) => BatchStep::next(last.to_string(), rows.len() as u64).with_total(10),
+                None => BatchStep::done(0),
+            })
+        })
+    });
+
+    let (result, recorded) = run(&handler, &store, 1).await;
+    assert!(result.is_err());
+    assert!(!recorded);
+    assert_eq!(lap_changes(&admin).await, [1, 1, 1, 1, 1, 1, 0, 0, 0, 0]);
+    let row = store.get(id(1)).await.unwrap();
+    assert_eq!(row.checkpoint.as_deref(), Some("6"));
+    assert!(!row.executed);
+
+    // The next run resumes from the committed checkpoint.
+    let (result, recorded) = run(&handler, &store, 1).await;
+    result.unwrap();
+    assert!(recorded);
+    assert_eq!(
+        lap_changes(&admin).await,
+        [1; 10],
+        "every lap changed exactly once"
+    );
+    let row = store.get(id(1)).await.unwrap();
+    assert!(row.executed);
+    assert_eq!((row.checkpoint, row.attempts), (None, 1));
+}
+
+/// The step of a batched handler over `laps`: three laps after `from`.
+async fn three_laps(
+    tx: &tokio_postgres::Transaction<'_>,
+    from: Option<&str>,
+) -> Result<BatchStep, BoxError> {
+    let after: i32 = from.map(str::parse).transpose()?.unwrap_or(0);
+    let rows = tx
+        .query(
+            "UPDATE laps SET changes = changes + 1 \
+             WHERE id IN (SELECT id FROM laps WHERE id > $1 ORDER BY id LIMIT 3) \
+             RETURNING id",
+            &[&after],
+        )
+        .await?;
+    Ok(match rows.iter().map(|row| row.get::<_, i32>(0)).max() {
+        Some(last) => BatchStep::next(last.to_string(), rows.len() as u64),
+        None => BatchStep::done(0),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_runs_of_one_atomic_migration_without_the_lock_apply_it_once() {
+    let db = fresh_database().await;
+    let (first, second) = (db.store().await, db.store().await);
+    first.prepare().await.unwrap();
+    first.register(&[def(1, "log_once")]).await.unwrap();
+    let admin = db.admin().await;
+    admin
+        .batch_execute("CREATE TABLE runs (who TEXT)")
+        .await
+        .unwrap();
+    // Both runs do their work before either records it: what would happen
+    // if the run lock were lost (a terminated session) mid-run.
+    let both_worked = Arc::new(Barrier::new(2));
+    let handler = |store: &PostgresStore, who: &'static str| -> Handler<()> {
+        let both_worked = Arc::clone(&both_worked);
+        store.atomic(move |tx, _ctx| {
+            let both_worked = Arc::clone(&both_worked);
+            Box::pin(async move {
+                tx.execute("INSERT INTO runs VALUES ($1)", &[&who]).await?;
+                both_worked.wait().await;
+                Ok(())
+            })
+        })
+    };
+    let (a, b) = (handler(&first, "first"), handler(&second, "second"));
+    let ((ra, fa), (rb, fb)) = tokio::join!(run(&a, &first, 1), run(&b, &second, 1));
+    assert!(
+        ra.is_ok() != rb.is_ok(),
+        "exactly one run wins: {ra:?} {rb:?}"
+    );
+    assert!(fa != fb);
+    let loser = ra.err().or(rb.err()).unwrap();
+    assert!(
+        matches!(
+            loser.downcast_ref::<Error>(),
+            Some(Error::Conflict { id: 1, .. })
+        ),
+        "{loser}"
+    );
+    let runs: i64 = admin
+        .query_one("SELECT COUNT(*) FROM runs", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(runs, 1, "the losing run's work was rolled back");
+    let row = first.get(id(1)).await.unwrap();
+    assert!(row.executed);
+    assert_eq!(row.attempts, 1);
+}
+
+#[tokio::test]
+async fn a_batch_from_a_checkpoint_another_run_moved_is_rolled_back() {
+    let (store, db) = fresh_store().await;
+    let admin = laps(&db).await;
+    store.prepare().await.unwrap();
+    store
+        .register(&[def(1, "bump_laps_in_batches")])
+        .await
+        .unwrap();
+    store.save_checkpoint(id(1), "3").await.unwrap();
+    let stale = store.get(id(1)).await.unwrap();
+    // Another run (which lost nothing) moves on meanwhile.
+    store.save_checkpoint(id(1), "6").await.unwrap();
+    let handler: Handler<()> = store.batched(|tx, from, _ctx| Box::pin(three_laps(tx, from)));
+    let (result, recorded) = run_from(&handler, &store, stale).await;
+    let err = result.unwrap_err();
+    match err.downcast_ref::<Error>() {
+        Some(Error::Conflict { id: 1, message }) => {
+            assert!(
+                message.contains("\"3\"") && message.contains("\"6\""),
+                "{message}"
+            );
+        }
+        _ => panic!("expected Conflict, got {err}"),
+    }
+    assert!(!recorded);
+    assert_eq!(lap_changes(&admin).await, [0; 10]);
+    assert_eq!(
+        store.get(id(1)).await.unwrap().checkpoint.as_deref(),
+        Some("6")
+    );
+    // From the current checkpoint, the run finishes.
+    let (result, recorded) = run(&handler, &store, 1).await;
+    result.unwrap();
+    assert!(recorded);
+    assert_eq!(lap_changes(&admin).await, [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]);
+}
+
+#[tokio::test]
+async fn text_postgres_cannot_store_is_refused_by_field() {
+    let (store, _db) = fresh_store().await;
+    store.prepare().await.unwrap();
+    let result = store.register(&[def(1, "nul\0name")]).await;
+    assert!(
+        matches!(result, Err(Error::Invalid { field: "name", .. })),
+        "{result:?}"
+    );
+    let with_nul = MigrationDef::new(1, "ok", "nul\0description").unwrap();
+    let result = store.register(&[with_nul]).await;
+    assert!(
+        matches!(
+            result,
+            Err(Error::Invalid {
+                field: "description",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    store.register(&[def(1, "ok")]).await.unwrap();
+    let result = store.save_checkpoint(id(1), "a\0b").await;
+    assert!(
+        matches!(
+            result,
+            Err(Error::Invalid {
+                field: "checkpoint",
+                ..
+            })
+        ),
+        "{result:?}"
+    );
+    let handler: Handler<()> = store
+        .batched(|_tx, _from, _ctx| Box::pin(async { Ok(BatchStep::next("nul\0checkpoint", 1)) }));
+    let (result, _) = run(&handler, &store, 1).await;
+    let err = result.unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<Error>(),
+            Some(Error::Invalid {
+                field: "checkpoint",
+                ..
+            })
+        ),
+        "{err}"
+    );
+    // A failure record must not fail: NUL becomes U+FFFD.
+    store.record_failure(id(1), "bad\0byte").await.unwrap();
+    assert_eq!(
+        store.get(id(1)).await.unwrap().last_error.as_deref(),
+        Some("bad\u{FFFD}byte")
+    );
+    assert!(!store.is_settled("x\0").await.unwrap());
+}
+
+#[tokio::test]
+async fn tables_of_two_names_in_one_database_are_independent() {
+    let db = fresh_database().await;
+    let first = PostgresStore::connect_with(db.config().schema("app_a"))
+        .await
+        .unwrap();
+    let second = PostgresStore::connect_with(db.config().schema("app_b").table("jobs"))
+        .await
+        .unwrap();
+    first.prepare().await.unwrap();
+    second.prepare().await.unwrap();
+    first.register(&[def(1, "a")]).await.unwrap();
+    second.register(&[def(1, "b")]).await.unwrap();
+    assert_eq!(first.get(id(1)).await.unwrap().name, "a");
+    assert_eq!(second.get(id(1)).await.unwrap().name, "b");
+    assert_ne!(first.lock_key(), second.lock_key());
+    let _a = first.lock(Duration::from_secs(5)).await.unwrap();
+    let _b = second.lock(Duration::ZERO).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_applications_own_pool_can_be_used() {
+    let db = fresh_database().await;
+    let pg: tokio_postgres::Config = db.url().parse().unwrap();
+    let manager = deadpool_postgres::Manager::new(pg, tokio_postgres::NoTls);
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(2)
+        .build()
+        .unwrap();
+    let config = waymark_postgres::PostgresConfig::default().table("app_migrations");
+    let store = PostgresStore::from_pool_with(pool.clone(), config).unwrap();
+    store.prepare().await.unwrap();
+    store.register(&[def(1, "one")]).await.unwrap();
+    {
+        let _guard = store.lock(Duration::from_secs(5)).await.unwrap();
+        // The lock's connection left the pool: both slots still serve the app.
+        let a = pool.get().await.unwrap();
+        let b = pool.get().await.unwrap();
+        drop((a, b));
+    }
+    assert_eq!(store.pending().await.unwrap().len(), 1);
+    let bad = PostgresStore::from_pool_with(
+        pool.clone(),
+        waymark_postgres::PostgresConfig::default().schema("Bad Schema"),
+    );
+    assert!(matches!(
+        bad,
+        Err(Error::Invalid {
+            field: "schema",
+            ..
+        })
+    ));
+    let default = PostgresStore::from_pool(pool);
+    assert_eq!(
+        (default.schema(), default.table()),
+        ("public", "migrations")
+    );
+}
