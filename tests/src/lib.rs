@@ -1,1 +1,6 @@
-//! Shared support for the cross-crate tests.
+//! Shared support for the cross-crate tests: the throwaway PostgreSQL
+//! cluster, fresh SQLite files, and the runner suite every backend runs.
+
+pub mod pg;
+pub mod runner_suite;
+pub mod sqlite;

@@ -1,0 +1,135 @@
+//! The real binary against SQLite files, and the inputs that must fail cleanly.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{waymark, waymark_raw};
+
+async fn fresh() -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("app.db").display());
+    (url, dir)
+}
+
+cli_backend_tests!(fresh());
+
+#[test]
+fn the_default_database_is_waymark_db_in_the_working_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_waymark"))
+        .env_remove("DATABASE_URL")
+        .current_dir(dir.path())
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{run:?}");
+    assert!(dir.path().join("waymark.db").exists());
+}
+
+#[test]
+fn database_url_comes_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("env.db");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_waymark"))
+        .env("DATABASE_URL", format!("sqlite://{}", path.display()))
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{run:?}");
+    assert!(path.exists());
+}
+
+#[test]
+fn in_memory_database_works_for_one_command() {
+    waymark("sqlite::memory:", &["init"]).expect(0);
+    assert_eq!(
+        waymark("sqlite::memory:", &["pending"]).expect(0).stdout,
+        "nothing pending\n"
+    );
+}
+
+#[test]
+fn a_missing_file_is_not_created_by_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.db");
+    let url = format!("sqlite://{}", path.display());
+    for args in [
+        &["status"][..],
+        &["pending"],
+        &["show", "1"],
+        &["mark-executed", "1"],
+    ] {
+        let err = waymark(&url, args).expect(1).stderr;
+        assert!(err.contains("no such database file"), "{err}");
+    }
+    assert!(!path.exists());
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    let content = b"these are my notes, not a database\n".repeat(200);
+    std::fs::write(&path, &content).unwrap();
+    let url = format!("sqlite://{}", path.display());
+    for args in [&["init"][..], &["status"], &["register", "1", "x", ""]] {
+        let err = waymark(&url, args).expect(1).stderr;
+        assert!(err.contains("not a database"), "{err}");
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), content);
+}
+
+#[test]
+fn a_table_never_initialised_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.db");
+    let url = format!("sqlite://{}", path.display());
+    waymark(&url, &["init"]).expect(0);
+    let err = waymark(&url, &["--table", "other", "status"])
+        .expect(1)
+        .stderr;
+    assert!(err.contains("waymark init"), "{err}");
+}
+
+#[test]
+fn an_invalid_table_name_is_refused() {
+    let err = waymark("sqlite::memory:", &["--table", "x; DROP TABLE y", "init"])
+        .expect(1)
+        .stderr;
+    assert!(err.contains("invalid table"), "{err}");
+}
+
+#[test]
+fn unsupported_url_schemes_are_errors_without_the_password() {
+    let err = waymark("mysql://root:hunter2@localhost/app", &["status"])
+        .expect(1)
+        .stderr;
+    assert!(err.contains("unsupported URL"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    waymark("sqlite://", &["status"]).expect(1);
+}
+
+#[test]
+fn an_unreachable_server_fails_fast_without_the_password() {
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    let started = Instant::now();
+    let err = waymark("postgres://app:hunter2@127.0.0.1:1/app", &["status"])
+        .expect(1)
+        .stderr;
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(err.contains("127.0.0.1") && err.contains('1'), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn usage_errors_exit_with_two() {
+    assert_eq!(waymark_raw(&["frobnicate"]).code, 2);
+    assert_eq!(waymark_raw(&["show"]).code, 2);
+    assert_eq!(waymark_raw(&["show", "abc"]).code, 2);
+    assert_eq!(waymark_raw(&["mark-executed"]).code, 2);
+    assert_eq!(waymark_raw(&["register", "1", "only-name"]).code, 2);
+    let help = waymark_raw(&["--help"]);
+    assert_eq!(help.code, 0);
+    assert!(help.stdout.contains("pending"));
+}
