@@ -43,7 +43,7 @@ pub use memory::MemoryStore;
 pub use migration::{Migration, now_utc};
 pub use store::{LockGuard, MigrationStore, check_unique_ids, name_conflict};
 pub use stream::StreamType;
-pub use table::{StatusTable, one_line, render_table, state};
+pub use table::{Align, StatusTable, TextTable, one_line, render_table, state};
 
 /// Re-exported so that backend crates and applications name the same version.
 pub use async_trait::async_trait;

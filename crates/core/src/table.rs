@@ -5,40 +5,108 @@ use std::fmt;
 
 use crate::Migration;
 
-/// Lays out `rows` under `headers` in left-aligned columns separated by two
-/// spaces, with a rule under the headers; widths count characters.
+/// How a column's cells line up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Align {
+    /// Text: padded on the right.
+    Left,
+    /// Numbers: padded on the left.
+    Right,
+}
+
+/// A plain-text table: a header, a rule under it, then rows, in columns
+/// separated by two spaces and padded to their widest cell (counted in
+/// characters). The one layout of every table waymark prints.
+///
+/// ```
+/// use waymark_core::{Align, TextTable};
+///
+/// let mut table = TextTable::new(&[("id", Align::Right), ("name", Align::Left)]);
+/// table.row(vec!["7".into(), "fill_pace".into()]);
+/// assert_eq!(table.to_string(), "id  name\n--  ---------\n 7  fill_pace\n");
+/// ```
+#[derive(Debug, Clone)]
+pub struct TextTable {
+    columns: Vec<(String, Align)>,
+    rows: Vec<Vec<String>>,
+}
+
+impl TextTable {
+    /// A table with these column titles and alignments, and no rows yet.
+    pub fn new(columns: &[(&str, Align)]) -> Self {
+        Self {
+            columns: columns
+                .iter()
+                .map(|(title, align)| ((*title).to_owned(), *align))
+                .collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row; missing cells print empty, extra cells are ignored.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    fn widths(&self) -> Vec<usize> {
+        self.columns
+            .iter()
+            .enumerate()
+            .map(|(i, (title, _))| {
+                self.rows
+                    .iter()
+                    .filter_map(|row| row.get(i))
+                    .map(|cell| cell.chars().count())
+                    .chain([title.chars().count()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for TextTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let widths = self.widths();
+        let titles: Vec<String> = self.columns.iter().map(|(t, _)| t.clone()).collect();
+        let rules: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+        for row in [&titles, &rules].into_iter().chain(&self.rows) {
+            let mut line = String::new();
+            for (i, ((_, align), width)) in self.columns.iter().zip(&widths).enumerate() {
+                let cell = row.get(i).map_or("", String::as_str);
+                let pad = width - cell.chars().count().min(*width);
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                let right = *align == Align::Right;
+                if right {
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+                line.push_str(cell);
+                if !right {
+                    line.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+            writeln!(f, "{}", line.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// Lays out `rows` under `headers` in left-aligned columns: a
+/// [`TextTable`] of text columns, as a string.
 ///
 /// ```
 /// let text = waymark_core::render_table(&["id", "name"], &[vec!["1".into(), "fill_pace".into()]]);
 /// assert_eq!(text, "id  name\n--  ---------\n1   fill_pace\n");
 /// ```
 pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    let columns: Vec<(&str, Align)> = headers.iter().map(|h| (*h, Align::Left)).collect();
+    let mut table = TextTable::new(&columns);
     for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
+        table.row(row.clone());
     }
-    let mut out = String::new();
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut text = String::new();
-        for (i, (cell, width)) in cells.zip(&widths).enumerate() {
-            if i > 0 {
-                text.push_str("  ");
-            }
-            text.push_str(cell);
-            text.extend(std::iter::repeat_n(' ', width - cell.chars().count()));
-        }
-        out.push_str(text.trim_end());
-        out.push('\n');
-    };
-    line(&mut headers.iter().copied());
-    let rules: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-    line(&mut rules.iter().map(String::as_str));
-    for row in rows {
-        line(&mut row.iter().map(String::as_str));
-    }
-    out
+    table.to_string()
 }
 
 /// Shortens `text` to at most `max` characters on one line, marking a cut with `…`.
@@ -136,6 +204,14 @@ mod tests {
             ],
         );
         assert_eq!(text, "a     b\n----  -\né     x\nlong  y\n");
+    }
+
+    #[test]
+    fn right_aligned_columns_pad_on_the_left() {
+        let mut table = TextTable::new(&[("n", Align::Right), ("name", Align::Left)]);
+        table.row(vec!["10".into(), "a".into()]);
+        table.row(vec!["7".into()]);
+        assert_eq!(table.to_string(), " n  name\n--  ----\n10  a\n 7\n");
     }
 
     #[test]

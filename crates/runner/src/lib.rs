@@ -20,11 +20,11 @@ mod batched;
 mod builder;
 mod events;
 mod execute;
+mod human;
 mod lock;
 mod plan;
 mod report;
 mod runner;
-mod table;
 
 pub use batched::{batched, batched_blocking};
 pub use builder::{DEFAULT_LOCK_WAIT, FailurePolicy, MissingHandler, RunnerBuilder};

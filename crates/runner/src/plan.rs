@@ -9,7 +9,7 @@ use waymark_core::{Error, Migration, MigrationId, name_conflict};
 use crate::FailurePolicy;
 use crate::builder::{MissingHandler, Settings};
 use crate::runner::Declared;
-use crate::table::{Align, Table};
+use waymark_core::{Align, TextTable};
 
 /// What [`Runner::run`](crate::Runner::run) would do now, in order; made by
 /// [`Runner::plan`](crate::Runner::plan).
@@ -193,7 +193,7 @@ impl fmt::Display for Plan {
             self.steps.len(),
             if self.steps.len() == 1 { "" } else { "s" }
         )?;
-        let mut table = Table::new(&[
+        let mut table = TextTable::new(&[
             ("id", Align::Right),
             ("name", Align::Left),
             ("action", Align::Left),
@@ -230,7 +230,7 @@ impl fmt::Display for Plan {
                 checkpoint,
             ]);
         }
-        table.write(f)?;
+        write!(f, "{table}")?;
         let mut errors = self
             .steps
             .iter()

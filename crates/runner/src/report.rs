@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use waymark_core::{BoxError, Error, MigrationId};
 
-use crate::table::{Align, Table, human};
+use crate::human::human;
+use waymark_core::{Align, TextTable};
 
 /// What one run did. Lists every migration that was pending when the run
 /// started, by ascending id; already executed migrations do not appear.
@@ -183,7 +184,7 @@ impl fmt::Display for RunReport {
         }
         writeln!(f)?;
 
-        let mut table = Table::new(&[
+        let mut table = TextTable::new(&[
             ("id", Align::Right),
             ("name", Align::Left),
             ("result", Align::Left),
@@ -204,7 +205,7 @@ impl fmt::Display for RunReport {
                 },
             ]);
         }
-        table.write(f)?;
+        write!(f, "{table}")?;
 
         // Errors can be long; they get their own lines under the table.
         let mut failures = self.failures().peekable();
@@ -421,11 +422,12 @@ mod tests {
     fn the_table_lists_every_outcome_by_id_with_errors_below() {
         let expected = "\
 4 pending migrations: 1 executed, 1 failed, 1 not run, 1 already done in 1.30s (waited 30ms for the lock)
-  id  name                   result              attempts  duration
-   1  backfill_lap_averages  executed                   1     1.25s
-   2  fill_pace              failed                     2      12ms
-   3  zones_from_hr          not run (2 failed)         0         -
-  10  dedupe_laps            already done               1         -
+id  name                   result              attempts  duration
+--  ---------------------  ------------------  --------  --------
+ 1  backfill_lap_averages  executed                   1     1.25s
+ 2  fill_pace              failed                     2      12ms
+ 3  zones_from_hr          not run (2 failed)         0         -
+10  dedupe_laps            already done               1         -
 errors:
   2 fill_pace: decoding waypoints: expected `]`
 ";
@@ -458,8 +460,8 @@ errors:
         // "données_é" is 9 characters but 11 bytes: the columns still line up.
         let text = report.to_string();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[1], "  id  name       result    attempts  duration");
-        assert_eq!(lines[2], "   1  données_é  executed         1       5ms");
+        assert_eq!(lines[1], "id  name       result    attempts  duration");
+        assert_eq!(lines[3], " 1  données_é  executed         1       5ms");
     }
 
     #[test]

@@ -36,3 +36,12 @@ pub mod postgres {
     pub use tokio_postgres;
     pub use waymark_postgres::*;
 }
+
+// The README's and the handler guide's examples are compiled as doctests.
+#[cfg(all(doctest, feature = "sqlite", feature = "postgres"))]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeExamples;
+
+#[cfg(all(doctest, feature = "sqlite", feature = "postgres"))]
+#[doc = include_str!("../../../docs/handlers.md")]
+struct HandlerGuideExamples;

@@ -2,9 +2,12 @@
 //! `prepare`, or runs a batched atomic migration that a test can kill.
 //!
 //! Usage:
-//!   sqlite_helper hold-lock <db>
-//!   sqlite_helper prepare <db> <go-file>
-//!   sqlite_helper batched <db> [stop-inside-batch]
+//!
+//! ```text
+//! sqlite_helper hold-lock <db>
+//! sqlite_helper prepare <db> <go-file>
+//! sqlite_helper batched <db> [stop-inside-batch]
+//! ```
 //!
 //! It reports on stdout, one line per event, for the test to wait on.
 
