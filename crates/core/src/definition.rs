@@ -113,6 +113,36 @@ pub fn validate_description(description: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Checks a configured SQL name (a table, a schema) is a plain identifier:
+/// an ASCII letter or `_`, then ASCII letters, digits or `_`, at most
+/// `max_chars` long. Stores splice such names into SQL (quoted as well), so
+/// nothing else may pass; anything else is [`Error::Invalid`] for `field`.
+///
+/// ```
+/// use waymark_core::validate_identifier;
+///
+/// assert!(validate_identifier("table", "data_migrations", 63).is_ok());
+/// assert!(validate_identifier("table", "x; DROP TABLE y", 63).is_err());
+/// ```
+pub fn validate_identifier(field: &'static str, name: &str, max_chars: usize) -> Result<(), Error> {
+    let reject = |why: &str| Err(Error::invalid(field, format!("{why}, got {name:?}")));
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return reject("must not be empty"),
+        Some(first) if !(first.is_ascii_alphabetic() || first == '_') => {
+            return reject("must start with an ASCII letter or '_'");
+        }
+        Some(_) => {}
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return reject("must contain only ASCII letters, digits and '_'");
+    }
+    if name.len() > max_chars {
+        return reject(&format!("must be at most {max_chars} characters"));
+    }
+    Ok(())
+}
+
 /// 128-bit FNV-1a: tiny, dependency-free and stable; collisions between two
 /// real sets of migration names are not a practical concern at 128 bits.
 struct Fnv128(u128);

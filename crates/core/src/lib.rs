@@ -34,7 +34,8 @@ pub mod testkit;
 pub use batch::{BatchStep, Cancelled, StalledBatch, drive_batches, drive_batches_blocking};
 pub use context::{Cancellation, CompletionFlag, MigrationContext, ProgressFn};
 pub use definition::{
-    MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MigrationDef, validate_description, validate_name,
+    MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MigrationDef, validate_description, validate_identifier,
+    validate_name,
 };
 pub use error::{BoxError, Error, error_chain};
 pub use handler::{BlockingMigrationHandler, Handler, MigrationHandler};

@@ -250,17 +250,15 @@ impl fmt::Debug for PostgresConfig {
     }
 }
 
+/// A plain identifier (core's rule), and lowercase: PostgreSQL folds
+/// unquoted names to lowercase, so a mixed-case table would be a different
+/// table for every tool that does not quote it.
 fn validate_identifier(field: &'static str, name: &str, max_len: usize) -> Result<(), Error> {
-    let mut chars = name.chars();
-    let plain = matches!(chars.next(), Some('a'..='z' | '_'))
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_'));
-    if !plain || name.len() > max_len {
+    waymark_core::validate_identifier(field, name, max_len)?;
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
         return Err(Error::invalid(
             field,
-            format!(
-                "must be a plain lowercase identifier (a-z, 0-9 and _, not starting with a digit, \
-                 at most {max_len} bytes), got {name:?}"
-            ),
+            format!("must be lowercase (PostgreSQL folds unquoted names), got {name:?}"),
         ));
     }
     Ok(())

@@ -126,23 +126,12 @@ impl SqliteConfig {
 /// Accepts only plain identifiers, so the name can be spliced into SQL
 /// (always double-quoted as well) without any way to inject.
 fn validate_table_name(name: &str) -> Result<(), Error> {
-    let reject = |why: &str| Err(Error::invalid("table", format!("{why}, got {name:?}")));
-    let mut chars = name.chars();
-    match chars.next() {
-        None => return reject("must not be empty"),
-        Some(first) if !(first.is_ascii_alphabetic() || first == '_') => {
-            return reject("must start with an ASCII letter or '_'");
-        }
-        Some(_) => {}
-    }
-    if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return reject("must contain only ASCII letters, digits and '_'");
-    }
-    if name.len() > MAX_TABLE_CHARS {
-        return reject(&format!("must be at most {MAX_TABLE_CHARS} characters"));
-    }
+    waymark_core::validate_identifier("table", name, MAX_TABLE_CHARS)?;
     if name.to_ascii_lowercase().starts_with("sqlite_") {
-        return reject("must not start with 'sqlite_', which SQLite reserves");
+        return Err(Error::invalid(
+            "table",
+            format!("must not start with 'sqlite_', which SQLite reserves, got {name:?}"),
+        ));
     }
     Ok(())
 }
