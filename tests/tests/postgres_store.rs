@@ -318,13 +318,16 @@ async fn a_table_of_another_kind_is_refused_and_left_alone() {
         .unwrap();
     let store = db.store().await;
     match store.prepare().await {
-        Err(Error::Invalid {
-            field: "table",
-            message,
-        }) => {
+        Err(err @ Error::Store { .. }) => {
+            let message = waymark_core::error_chain(&err);
             assert!(message.contains("public.migrations"), "{message}");
+            assert!(message.contains("nothing was changed"), "{message}");
+            let source = std::error::Error::source(&err)
+                .and_then(|s| s.downcast_ref::<waymark_core::IncompatibleTable>())
+                .expect("an IncompatibleTable source");
+            assert_eq!(source.column.as_deref(), Some("id"));
         }
-        other => panic!("expected Invalid table, got {other:?}"),
+        other => panic!("expected an incompatible table, got {other:?}"),
     }
     let columns: i64 = admin
         .query_one(

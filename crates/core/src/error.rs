@@ -124,6 +124,44 @@ impl Error {
     }
 }
 
+/// Why an existing tracking table cannot be used: the source of the
+/// [`Error::Store`] that [`prepare`](crate::MigrationStore::prepare) returns
+/// on every backend. Nothing was changed when it is returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IncompatibleTable {
+    /// The table that was found.
+    pub table: String,
+    /// The column at fault, when one is.
+    pub column: Option<String>,
+    /// What is wrong and what waymark needs instead.
+    pub problem: String,
+}
+
+impl IncompatibleTable {
+    /// The table `table` cannot be used because of `column` (if one is at
+    /// fault): `problem` says why.
+    pub fn new(table: impl Into<String>, column: Option<&str>, problem: impl Into<String>) -> Self {
+        Self {
+            table: table.into(),
+            column: column.map(str::to_owned),
+            problem: problem.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for IncompatibleTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the existing table {:?} cannot be used: ", self.table)?;
+        if let Some(column) = &self.column {
+            write!(f, "column {column:?} ")?;
+        }
+        write!(f, "{}; nothing was changed", self.problem)
+    }
+}
+
+impl std::error::Error for IncompatibleTable {}
+
 /// The error and all its sources joined into one line (`outer: inner: root`),
 /// the form kept in a migration's `last_error`.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

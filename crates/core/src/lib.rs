@@ -37,7 +37,7 @@ pub use definition::{
     MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MigrationDef, validate_description, validate_identifier,
     validate_name,
 };
-pub use error::{BoxError, Error, error_chain};
+pub use error::{BoxError, Error, IncompatibleTable, error_chain};
 pub use handler::{BlockingMigrationHandler, Handler, MigrationHandler};
 pub use id::MigrationId;
 pub use memory::MemoryStore;

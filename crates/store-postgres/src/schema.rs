@@ -8,7 +8,7 @@
 //! exclusive lock even when it has nothing to do.
 
 use deadpool_postgres::Transaction;
-use waymark_core::Error;
+use waymark_core::{Error, IncompatibleTable};
 
 use crate::error::Failure;
 use crate::lock::PREPARE_KEY;
@@ -192,6 +192,14 @@ fn plan(found: &Found, schema: &str, sql: &Statements) -> Result<String, Error> 
 }
 
 /// The DDL that upgrades an existing table in place, keeping every row.
+/// The error for a table `prepare` refuses, the same type on every backend.
+fn incompatible(sql: &Statements, column: Option<&str>, problem: String) -> Error {
+    Error::store(
+        format!("preparing the tracking table {}", sql.display),
+        IncompatibleTable::new(sql.display.clone(), column, problem),
+    )
+}
+
 /// A table that lacks the original columns is someone else's: refused.
 fn adopt(found: &Found, sql: &Statements) -> Result<Vec<String>, Error> {
     let t = &sql.table;
@@ -200,12 +208,12 @@ fn adopt(found: &Found, sql: &Statements) -> Result<Vec<String>, Error> {
         .filter(|name| found.column(name).is_none())
         .collect();
     if !missing.is_empty() {
-        return Err(Error::invalid(
-            "table",
+        return Err(incompatible(
+            sql,
+            Some(missing[0]),
             format!(
-                "{} exists but is not a migrations table: it has no {} column; \
+                "is missing: this is not a migrations table (it has no {} column); \
                  configure another table name",
-                sql.display,
                 missing.join(", ")
             ),
         ));
@@ -217,13 +225,10 @@ fn adopt(found: &Found, sql: &Statements) -> Result<Vec<String>, Error> {
             ddl.push(format!("ALTER TABLE {t} ALTER COLUMN id TYPE BIGINT"));
         }
         Some(other) => {
-            return Err(Error::invalid(
-                "table",
-                format!(
-                    "{} exists but its id column is {other}, not an integer; \
-                     configure another table name",
-                    sql.display
-                ),
+            return Err(incompatible(
+                sql,
+                Some("id"),
+                format!("is {other}, not an integer; configure another table name"),
             ));
         }
         None => unreachable!("checked above"),
@@ -307,15 +312,16 @@ mod tests {
         found.columns.retain(|(name, _, _)| name != "executed");
         let err = plan(&found, "public", &sql).unwrap_err();
         assert!(
-            matches!(&err, Error::Invalid { field: "table", message } if message.contains("executed")),
+            matches!(&err, Error::Store { .. } if waymark_core::error_chain(&err).contains("column \"executed\"")),
             "{err:?}"
         );
         let mut found = original();
         found.columns[0].1 = "uuid".into();
-        assert!(matches!(
-            plan(&found, "public", &sql),
-            Err(Error::Invalid { field: "table", .. })
-        ));
+        let err = plan(&found, "public", &sql).unwrap_err();
+        let source = std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<IncompatibleTable>())
+            .expect("an IncompatibleTable source");
+        assert_eq!(source.column.as_deref(), Some("id"));
     }
 
     #[test]

@@ -138,8 +138,9 @@ mod target;
 mod timestamp;
 
 pub use config::{DEFAULT_BUSY_TIMEOUT, DEFAULT_TABLE, MAX_TABLE_CHARS, SqliteConfig};
-pub use schema::IncompatibleTable;
 pub use store::SqliteStore;
+/// Re-exported from core: the same type on every backend.
+pub use waymark_core::IncompatibleTable;
 
 /// Re-exported so that handlers name the same rusqlite as the store.
 pub use rusqlite;

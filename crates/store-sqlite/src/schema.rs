@@ -1,39 +1,11 @@
 //! `prepare`: create the tracking table, or check and upgrade an existing
 //! one in place (the original four-column table included).
 
-use std::fmt;
-
 use rusqlite::{Connection, OptionalExtension};
-use waymark_core::Error;
+use waymark_core::{Error, IncompatibleTable};
 
 use crate::sql;
 use crate::target::Target;
-
-/// Why an existing table cannot be used: the source of the [`Error::Store`]
-/// that [`prepare`](waymark_core::MigrationStore::prepare) returns. Nothing
-/// was changed when it is returned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct IncompatibleTable {
-    /// The table that was found.
-    pub table: String,
-    /// The column at fault, when one is.
-    pub column: Option<String>,
-    /// What is wrong and what waymark needs instead.
-    pub problem: String,
-}
-
-impl fmt::Display for IncompatibleTable {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the existing table {:?} cannot be used: ", self.table)?;
-        if let Some(column) = &self.column {
-            write!(f, "column {column:?} ")?;
-        }
-        write!(f, "{}; nothing was changed", self.problem)
-    }
-}
-
-impl std::error::Error for IncompatibleTable {}
 
 /// What a column's declared type must allow, by SQLite's affinity rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,11 +272,7 @@ fn columns(conn: &Connection, table: &str) -> rusqlite::Result<Vec<Existing>> {
 fn incompatible(target: &Target, column: Option<&str>, problem: String) -> Error {
     Error::store(
         format!("preparing the tracking table in {}", target.site.location),
-        IncompatibleTable {
-            table: target.name.clone(),
-            column: column.map(str::to_owned),
-            problem,
-        },
+        IncompatibleTable::new(target.name.clone(), column, problem),
     )
 }
 
