@@ -135,15 +135,17 @@ fn hr_zone_batch(
 async fn derive_pace_batch(app: Arc<App>, from: Option<String>) -> Result<BatchStep, BoxError> {
     // rusqlite is blocking: keep it off the async workers.
     tokio::task::spawn_blocking(move || {
-        let conn = Connection::open(&app.path)?;
+        let mut conn = Connection::open(&app.path)?;
         conn.busy_timeout(Duration::from_secs(30))?;
         let after: i64 = from.as_deref().map(str::parse).transpose()?.unwrap_or(0);
-        let total: u64 = conn.query_row(
+        // One transaction per batch: one commit (one fsync), not one per row.
+        let tx = conn.transaction()?;
+        let total: u64 = tx.query_row(
             "SELECT count(*) FROM activities_streams WHERE stream_type = ?1",
             [StreamType::Speed.code()],
             |r| r.get(0),
         )?;
-        let mut read = conn.prepare(
+        let mut read = tx.prepare(
             "SELECT activity_id, stream_waypoints FROM activities_streams
              WHERE stream_type = ?1 AND activity_id > ?2 ORDER BY activity_id LIMIT ?3",
         )?;
@@ -152,12 +154,14 @@ async fn derive_pace_batch(app: Arc<App>, from: Option<String>) -> Result<BatchS
             .collect::<Result<_, _>>()?;
         // Idempotent: the unique (activity_id, stream_type) key ignores a
         // stream derived before a crash, since the checkpoint is saved after the batch.
-        let mut write = conn.prepare(
+        let mut write = tx.prepare(
             "INSERT OR IGNORE INTO activities_streams (activity_id, stream_type, stream_waypoints) VALUES (?1, ?2, ?3)",
         )?;
         for (activity, waypoints) in &batch {
             write.execute(params![activity, StreamType::Pace.code(), pace_stream(waypoints)?])?;
         }
+        drop((read, write));
+        tx.commit()?;
         let count = batch.len() as u64;
         Ok(match batch.last() {
             Some((last, _)) if count == u64::from(app.batch_size) => {
