@@ -74,6 +74,24 @@ pub trait MigrationStore: Send + Sync + 'static {
     /// [`Error::LockTimeout`]. The lock is released when the guard is dropped
     /// and when the holding process dies.
     async fn lock(&self, wait: Duration) -> Result<LockGuard, Error>;
+
+    /// Takes the run lock if no one holds it. If another run holds it,
+    /// waits up to `wait` for that run to release it and then returns
+    /// `None` without taking it, [`Error::LockTimeout`] if it does not.
+    ///
+    /// This is how replicas that start together and lose the race learn
+    /// that the winner has finished: they all wake when it releases the
+    /// lock and check what is left at once, instead of taking the lock one
+    /// after the other only to find nothing to do. `None` says nothing
+    /// about what the other run did: the caller reads the store again, and
+    /// takes the lock with [`lock`](Self::lock) if work is left.
+    ///
+    /// The default takes the lock as [`lock`](Self::lock) does and returns
+    /// it, which is correct, only slower for the losers of a race: stores
+    /// whose lock has a shared mode override it.
+    async fn lock_or_wait(&self, wait: Duration) -> Result<Option<LockGuard>, Error> {
+        self.lock(wait).await.map(Some)
+    }
 }
 
 /// Proof of holding a store's run lock; dropping it releases the lock.
@@ -136,6 +154,9 @@ impl<S: MigrationStore + ?Sized> MigrationStore for Arc<S> {
     }
     async fn lock(&self, wait: Duration) -> Result<LockGuard, Error> {
         (**self).lock(wait).await
+    }
+    async fn lock_or_wait(&self, wait: Duration) -> Result<Option<LockGuard>, Error> {
+        (**self).lock_or_wait(wait).await
     }
 }
 

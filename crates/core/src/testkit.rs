@@ -118,6 +118,7 @@ macro_rules! store_conformance_tests {
             lock_is_exclusive_across_instances,
             lock_is_released_on_drop,
             lock_times_out_after_the_wait,
+            lock_or_wait_takes_a_free_lock_and_outwaits_a_holder,
         );
     };
 }
@@ -775,4 +776,52 @@ pub async fn lock_times_out_after_the_wait(db: &TestStore) {
         waited < Duration::from_secs(5),
         "waited {waited:?} for a {wait:?} limit"
     );
+}
+
+/// `lock_or_wait` takes a free lock (which then excludes others), returns
+/// only once another instance's hold is released, and gives up after the wait.
+pub async fn lock_or_wait_takes_a_free_lock_and_outwaits_a_holder(db: &TestStore) {
+    db.prepared().await;
+    let other = db.reopen().await;
+    other.prepare().await.unwrap();
+    let guard = db
+        .store
+        .lock_or_wait(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("a free lock is taken");
+    let result = other.lock(Duration::from_millis(200)).await;
+    assert!(
+        matches!(result, Err(Error::LockTimeout { .. })),
+        "{result:?}"
+    );
+    let waiter = {
+        let other = Arc::clone(&other);
+        tokio::spawn(async move {
+            other
+                .lock_or_wait(Duration::from_secs(10))
+                .await
+                .map(|guard| guard.is_some())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !waiter.is_finished(),
+        "lock_or_wait returned while another instance held the lock"
+    );
+    drop(guard);
+    waiter
+        .await
+        .unwrap()
+        .expect("lock_or_wait returns once the holder is gone");
+
+    let _held = db.store.lock(Duration::from_secs(5)).await.unwrap();
+    let wait = Duration::from_millis(300);
+    let started = Instant::now();
+    let result = other.lock_or_wait(wait).await;
+    assert!(
+        matches!(result, Err(Error::LockTimeout { .. })),
+        "{result:?}"
+    );
+    assert!(started.elapsed() >= wait, "gave up before the wait");
 }

@@ -1,5 +1,6 @@
 //! Taking the store's run lock, saying so while another instance holds it.
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::{Instant, sleep_until};
@@ -20,8 +21,26 @@ pub(crate) async fn acquire(
     wait: Duration,
     events: &Events,
 ) -> Result<(LockGuard, Duration), Error> {
+    announce_waiting(store.lock(wait), wait, events).await
+}
+
+/// Takes the lock if it is free, else waits up to `wait` for the instance
+/// holding it to finish ([`MigrationStore::lock_or_wait`]): `None` then.
+pub(crate) async fn acquire_or_wait(
+    store: &dyn MigrationStore,
+    wait: Duration,
+    events: &Events,
+) -> Result<(Option<LockGuard>, Duration), Error> {
+    announce_waiting(store.lock_or_wait(wait), wait, events).await
+}
+
+/// Awaits `lock`, logging (and telling the observer) while it waits.
+async fn announce_waiting<T>(
+    lock: impl Future<Output = Result<T, Error>>,
+    wait: Duration,
+    events: &Events,
+) -> Result<(T, Duration), Error> {
     let started = Instant::now();
-    let lock = store.lock(wait);
     tokio::pin!(lock);
     let mut notice_at = started + FIRST_NOTICE;
     loop {
@@ -30,7 +49,7 @@ pub(crate) async fn acquire(
             result = &mut lock => {
                 let waited = started.elapsed();
                 return match result {
-                    Ok(guard) => Ok((guard, waited)),
+                    Ok(held) => Ok((held, waited)),
                     Err(err) => {
                         tracing::warn!(waited = ?waited, error = %err, "could not take the migration lock");
                         Err(err)

@@ -39,7 +39,12 @@ pub(crate) struct Declared<S> {
 /// 3. It takes the store's lock, waiting up to
 ///    [`lock_wait`](RunnerBuilder::lock_wait) and logging while it waits,
 ///    then reads the pending migrations again: another instance may have
-///    executed some meanwhile ([`Status::AlreadyDone`]).
+///    executed some meanwhile ([`Status::AlreadyDone`]). While another
+///    instance holds the lock, the run waits for it to let go
+///    ([`lock_or_wait`](MigrationStore::lock_or_wait)) and reads the store
+///    without taking the lock: when that instance ran everything this
+///    runner could run, the run reports it and returns, so replicas that
+///    start together finish together; otherwise it takes the lock and goes on.
 /// 4. It executes them by ascending id. Async handlers run on their own
 ///    task, blocking handlers on a blocking thread, so the runtime keeps
 ///    serving. A success is recorded with
@@ -261,7 +266,36 @@ impl<S: Send + Sync + 'static> Inner<S> {
         }
 
         tracing::debug!(pending = before.len(), "taking the migration lock");
-        let (guard, waited) = lock::acquire(store, self.settings.lock_wait, &self.events).await?;
+        let wait = self.settings.lock_wait;
+        let (guard, waited) = match lock::acquire_or_wait(store, wait, &self.events).await? {
+            (Some(guard), waited) => (guard, waited),
+            (None, waited) => {
+                // Another instance held the lock and has let it go: see what
+                // it left. Every instance that lost the race gets here at
+                // once, so none has to take the lock to find nothing to do.
+                // One read gives both what is left and the attempts of
+                // what the other instance did.
+                let rows = store.list().await?;
+                let left: Vec<Migration> =
+                    rows.iter().filter(|row| !row.executed).cloned().collect();
+                if !left.iter().any(|row| self.by_id.contains_key(&row.id)) {
+                    tracing::info!(waited = ?waited, "another instance ran the pending migrations");
+                    let mut outcomes = self.done_by_another(&before, &left, rows)?;
+                    outcomes.extend(self.dispatch_without_handlers(left));
+                    return Ok(RunReport::new(
+                        outcomes,
+                        false,
+                        Some(waited),
+                        started.elapsed(),
+                    ));
+                }
+                // It stopped short (a failure, or it knew fewer migrations):
+                // run what is left under the lock.
+                let (guard, more) =
+                    lock::acquire(store, wait.saturating_sub(waited), &self.events).await?;
+                (guard, waited + more)
+            }
+        };
         let guard = Arc::new(guard);
         let mut pending = store.pending().await?;
         // Stores promise id order; sorting again costs nothing and makes
@@ -341,10 +375,31 @@ impl<S: Send + Sync + 'static> Inner<S> {
         pending: &[Migration],
     ) -> Result<Vec<MigrationOutcome>, Error> {
         let still: HashSet<MigrationId> = pending.iter().map(|row| row.id).collect();
+        if before.iter().all(|row| still.contains(&row.id)) {
+            return Ok(Vec::new());
+        }
+        // One read for the exact attempts of them all, not one per row:
+        // after a contended start every instance but one comes here.
+        let rows = self.store.list().await?;
+        self.done_by_another(before, pending, rows)
+    }
+
+    /// The outcomes of the migrations pending in `before` and not in
+    /// `pending`, with their attempts as `rows` (every tracked row) has them.
+    fn done_by_another(
+        &self,
+        before: &[Migration],
+        pending: &[Migration],
+        rows: Vec<Migration>,
+    ) -> Result<Vec<MigrationOutcome>, Error> {
+        let still: HashSet<MigrationId> = pending.iter().map(|row| row.id).collect();
+        let mut now: HashMap<MigrationId, Migration> =
+            rows.into_iter().map(|row| (row.id, row)).collect();
         let mut outcomes = Vec::new();
         for row in before.iter().filter(|row| !still.contains(&row.id)) {
-            // Rare (only after a race), so one more read for exact attempts.
-            let now = self.store.get(row.id).await?;
+            let now = now
+                .remove(&row.id)
+                .ok_or(Error::NotFound { id: row.id.get() })?;
             tracing::info!(id = row.id.get(), name = %row.name, "already executed by another instance");
             self.events.emit(|| RunEvent::AlreadyDone {
                 id: row.id,

@@ -13,6 +13,8 @@ use deadpool_postgres::ClientWrapper;
 use tokio_postgres::error::SqlState;
 use waymark_core::{Error, LockGuard};
 
+use crate::conn::Conn;
+
 /// The key of `prepare`'s transaction lock. One key for every table:
 /// preparing two tables of one schema at once would otherwise race on
 /// `CREATE SCHEMA`. Distinct from every run-lock key, so a process holding
@@ -104,6 +106,72 @@ pub(crate) async fn acquire(
         _client: client,
         key,
     }))
+}
+
+/// What [`lock_or_wait`] found.
+pub(crate) enum TryOrWait {
+    /// The lock was free and is now held.
+    Held(LockGuard),
+    /// Another session held it and has released it.
+    Released,
+}
+
+/// Takes the advisory lock `key` if it is free, keeping `conn` out of the
+/// pool to hold it; otherwise waits up to `wait` for the holder to release
+/// it, then hands `conn` back to the pool.
+///
+/// The wait is a transaction-scoped *shared* lock: PostgreSQL grants it to
+/// every waiter together when the holder's session lets go, so replicas
+/// that lost the race all learn at once that the winner has finished. Its
+/// timeouts are `SET LOCAL`, so the connection returns to the pool as it
+/// came once the transaction has ended; on any error it is closed instead.
+pub(crate) async fn lock_or_wait(
+    conn: Conn,
+    key: i64,
+    wait: Duration,
+) -> Result<TryOrWait, LockFailure> {
+    let statement = conn
+        .prepare_cached("SELECT pg_try_advisory_lock($1)")
+        .await
+        .map_err(LockFailure::Pg)?;
+    let row = conn
+        .query_one(&statement, &[&key])
+        .await
+        .map_err(LockFailure::Pg)?;
+    if row.get::<_, bool>(0) {
+        tracing::debug!(key, "took the migration lock");
+        return Ok(TryOrWait::Held(LockGuard::new(HeldLock {
+            _client: conn.detach(),
+            key,
+        })));
+    }
+    if wait.is_zero() {
+        // lock_timeout = 0 would mean "wait forever".
+        conn.release();
+        return Err(LockFailure::Busy);
+    }
+    let wait_ms = wait.as_nanos().div_ceil(1_000_000).min(MAX_TIMEOUT_MS);
+    let script = format!(
+        "BEGIN; SET LOCAL lock_timeout = {wait_ms}; SET LOCAL statement_timeout = {}; \
+         SELECT pg_advisory_xact_lock_shared({key}); COMMIT",
+        (wait_ms + 60_000).min(MAX_TIMEOUT_MS)
+    );
+    match conn.batch_execute(&script).await {
+        Ok(()) => {
+            conn.release();
+            Ok(TryOrWait::Released)
+        }
+        // The transaction is left aborted: `conn` is closed as it drops.
+        Err(e)
+            if matches!(
+                e.code(),
+                Some(&SqlState::LOCK_NOT_AVAILABLE | &SqlState::QUERY_CANCELED)
+            ) =>
+        {
+            Err(LockFailure::Busy)
+        }
+        Err(e) => Err(LockFailure::Pg(e)),
+    }
 }
 
 /// The error for a lock not obtained within `wait`.

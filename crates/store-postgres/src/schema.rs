@@ -7,7 +7,7 @@
 //! catalog is inspected before any DDL because `ALTER TABLE` takes an
 //! exclusive lock even when it has nothing to do.
 
-use deadpool_postgres::Transaction;
+use deadpool_postgres::{GenericClient, Transaction};
 use waymark_core::{Error, IncompatibleTable};
 
 use crate::error::Failure;
@@ -102,14 +102,27 @@ pub(crate) async fn prepare(
     Ok(())
 }
 
-async fn inspect(
-    tx: &Transaction<'_>,
+/// Whether the table and its companions are complete, read without a
+/// transaction or a lock: `prepare`'s steady state. A table another
+/// session is creating is not visible until it commits, so "complete" is
+/// never premature; anything else goes through [`prepare`].
+pub(crate) async fn is_complete(
+    client: &deadpool_postgres::Client,
+    schema: &str,
+    sql: &Statements,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(inspect(client, schema, sql).await?.complete())
+}
+
+async fn inspect<C: GenericClient>(
+    tx: &C,
     schema: &str,
     sql: &Statements,
 ) -> Result<Found, tokio_postgres::Error> {
     let index = format!("\"{schema}\".{}", sql.pending_index);
-    let row = tx
-        .query_one(
+    // Cached: every start-up runs this once, through `is_complete`.
+    let statement = tx
+        .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1), \
                     to_regclass($2::TEXT) IS NOT NULL, \
                     to_regclass($3::TEXT) IS NOT NULL, \
@@ -118,6 +131,11 @@ async fn inspect(
                             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
                             WHERE i.indrelid = to_regclass($2::TEXT) AND i.indisunique \
                               AND i.indnatts = 1 AND i.indpred IS NULL AND a.attname = 'id')",
+        )
+        .await?;
+    let row = tx
+        .query_one(
+            &statement,
             &[&schema, &sql.table, &sql.fingerprints, &index],
         )
         .await?;
@@ -130,13 +148,15 @@ async fn inspect(
         columns: Vec::new(),
     };
     if found.table {
-        found.columns = tx
-            .query(
+        let statement = tx
+            .prepare_cached(
                 "SELECT attname::TEXT, format_type(atttypid, atttypmod), attnotnull \
                  FROM pg_attribute \
                  WHERE attrelid = to_regclass($1::TEXT) AND attnum > 0 AND NOT attisdropped",
-                &[&sql.table],
             )
+            .await?;
+        found.columns = tx
+            .query(&statement, &[&sql.table])
             .await?
             .iter()
             .map(|row| (row.get(0), row.get(1), row.get(2)))

@@ -36,6 +36,9 @@ pub(crate) struct Statements {
     pub(crate) record_failure: String,
     pub(crate) save_checkpoint: String,
     pub(crate) is_settled: String,
+    /// Whether a set is registered already: every id under its name, and
+    /// the fingerprint. One round trip; `register`'s steady state.
+    pub(crate) registered: String,
     pub(crate) claim_success: String,
     pub(crate) claim_last_batch: String,
     pub(crate) claim_batch: String,
@@ -81,6 +84,12 @@ impl Statements {
             is_settled: format!(
                 "SELECT EXISTS (SELECT 1 FROM {fp} WHERE fingerprint = $1) \
                  AND NOT EXISTS (SELECT 1 FROM {t} WHERE NOT executed)"
+            ),
+            registered: format!(
+                "SELECT EXISTS (SELECT 1 FROM {fp} WHERE fingerprint = $3) \
+                 AND (SELECT COUNT(*) FROM {t} AS t \
+                      JOIN UNNEST($1::BIGINT[], $2::TEXT[]) AS u(id, name) \
+                      ON t.id = u.id AND t.name = u.name) = CARDINALITY($1::BIGINT[])"
             ),
             // Atomic bookkeeping changes the row only if it is as the run
             // found it; see `PostgresStore::bookkeep`.

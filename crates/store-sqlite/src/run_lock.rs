@@ -49,6 +49,49 @@ impl RunLock {
         }
     }
 
+    /// Takes the lock if it is free; otherwise waits up to `wait` for the
+    /// holder to release it and returns `None` without taking it.
+    ///
+    /// The wait is a shared `flock` on a blocking thread rather than the
+    /// polling of [`acquire`](Self::acquire): every waiter wakes the moment
+    /// the holder releases, which is what replicas that start together
+    /// need. A waiter that gives up leaves its thread blocked until the
+    /// holder releases; it then takes the shared lock and drops it at once.
+    pub(crate) async fn acquire_or_wait(&self, wait: Duration) -> Result<Option<LockGuard>, Error> {
+        let Self::File(path) = self else {
+            return self.acquire(wait).await.map(Some);
+        };
+        let opened = Arc::clone(path);
+        let file = tokio::task::spawn_blocking(move || {
+            let file = open_sidecar(&opened)?;
+            match file.try_lock() {
+                Ok(()) => Ok((file, true)),
+                Err(TryLockError::WouldBlock) => Ok((file, false)),
+                Err(TryLockError::Error(err)) => {
+                    Err(Error::store(format!("locking {}", opened.display()), err))
+                }
+            }
+        })
+        .await
+        .map_err(|join| Error::store("opening the lock file", join))??;
+        match file {
+            (file, true) => Ok(Some(LockGuard::new(file))),
+            (file, false) => {
+                let released = tokio::task::spawn_blocking(move || file.lock_shared());
+                match tokio::time::timeout(wait, released).await {
+                    // The shared lock is released as the file closes here.
+                    Ok(Ok(Ok(()))) => Ok(None),
+                    Ok(Ok(Err(err))) => Err(Error::store(
+                        format!("waiting for the lock on {}", path.display()),
+                        err,
+                    )),
+                    Ok(Err(join)) => Err(Error::store("waiting for the lock file", join)),
+                    Err(_) => Err(Error::LockTimeout { waited: wait }),
+                }
+            }
+        }
+    }
+
     fn path(&self) -> &Path {
         match self {
             Self::File(path) => path,

@@ -303,19 +303,21 @@ pub(crate) fn is_settled(
     target: &Target,
     fingerprint: &str,
 ) -> Result<bool, Error> {
-    let sql = format!(
-        "SELECT EXISTS (SELECT 1 FROM {} WHERE fingerprint = ?1) \
-         AND NOT EXISTS (SELECT 1 FROM {} WHERE executed = 0)",
-        target.fingerprints_sql, target.table_sql
-    );
-    match conn
-        .prepare_cached(&sql)
-        .and_then(|mut stmt| stmt.query_row([fingerprint], |row| row.get(0)))
-    {
+    match query_settled(conn, target, fingerprint) {
         Ok(settled) => Ok(settled),
         Err(err) if is_missing_table(&err) => Ok(false),
         Err(err) => Err(target
             .site
             .error("checking whether migrations are settled", err)),
     }
+}
+
+/// The query behind [`is_settled`], with SQLite's own error.
+pub(crate) fn query_settled(
+    conn: &Connection,
+    target: &Target,
+    fingerprint: &str,
+) -> rusqlite::Result<bool> {
+    conn.prepare_cached(&target.is_settled_sql)?
+        .query_row([fingerprint], |row| row.get(0))
 }

@@ -2,17 +2,17 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::Connection;
+use rusqlite::{Connection, ErrorCode};
 use waymark_core::{
     Error, LockGuard, Migration, MigrationDef, MigrationId, MigrationStore, check_unique_ids,
 };
 
 use crate::config::{Location, SqliteConfig};
-use crate::error::Site;
+use crate::error::{Site, is_missing_table};
 use crate::open::open;
 use crate::reentry;
 use crate::run_lock::RunLock;
@@ -59,6 +59,55 @@ impl Inner {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
     }
+}
+
+impl Inner {
+    /// The start-up fast path without a thread hop, when that cannot wait.
+    ///
+    /// Every other call runs on a blocking thread, and so could this one;
+    /// but it runs at every start-up, where the hop to a blocking thread and
+    /// back costs more than the query (tens of microseconds against a few).
+    /// Running it on the async worker is acceptable only because it cannot
+    /// block: the connection is taken only if free (`try_lock`), and SQLite's
+    /// busy handler is switched off for the query, so a lock held by another
+    /// connection fails at once instead of sleeping. Left is a read of a few
+    /// cached pages, the same work as the memory reads around it. `None`
+    /// (connection in use, database busy) sends the caller to the blocking
+    /// path, which waits as usual.
+    fn settled_inline(&self, fingerprint: &str) -> Option<Result<bool, Error>> {
+        let conn = match self.conn.try_lock() {
+            Ok(conn) => conn,
+            Err(TryLockError::Poisoned(poison)) => poison.into_inner(),
+            Err(TryLockError::WouldBlock) => return None,
+        };
+        let target = &self.target;
+        let busy = target.site.busy_timeout;
+        if let Err(err) = conn.busy_timeout(Duration::ZERO) {
+            return Some(Err(target
+                .site
+                .error("switching off the busy timeout", err)));
+        }
+        let answer = sql::query_settled(&conn, target, fingerprint);
+        if let Err(err) = conn.busy_timeout(busy) {
+            return Some(Err(target.site.error("restoring the busy timeout", err)));
+        }
+        match answer {
+            Ok(settled) => Some(Ok(settled)),
+            Err(err) if is_busy(&err) => None,
+            Err(err) if is_missing_table(&err) => Some(Ok(false)),
+            Err(err) => Some(Err(target
+                .site
+                .error("checking whether migrations are settled", err))),
+        }
+    }
+}
+
+/// Whether `err` is SQLite giving up on a lock another connection holds.
+fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
 }
 
 impl SqliteStore {
@@ -246,6 +295,10 @@ impl MigrationStore for SqliteStore {
     }
 
     async fn is_settled(&self, fingerprint: &str) -> Result<bool, Error> {
+        reentry::check(self.key())?;
+        if let Some(settled) = self.inner.settled_inline(fingerprint) {
+            return settled;
+        }
         let fingerprint = fingerprint.to_owned();
         self.call(move |conn, target| sql::is_settled(conn, target, &fingerprint))
             .await
@@ -253,6 +306,10 @@ impl MigrationStore for SqliteStore {
 
     async fn lock(&self, wait: Duration) -> Result<LockGuard, Error> {
         self.inner.run_lock.acquire(wait).await
+    }
+
+    async fn lock_or_wait(&self, wait: Duration) -> Result<Option<LockGuard>, Error> {
+        self.inner.run_lock.acquire_or_wait(wait).await
     }
 }
 

@@ -15,17 +15,25 @@ pub(crate) struct Target {
     pub(crate) fingerprints_sql: String,
     /// `"<table>_pending"`: the partial index behind the pending query.
     pub(crate) pending_index_sql: String,
+    /// The start-up fast path's query, rendered once: it runs on every start.
+    pub(crate) is_settled_sql: String,
 }
 
 impl Target {
     /// `name` must have passed `SqliteConfig::validate`, so quoting it is
     /// only belt and braces.
     pub(crate) fn new(site: Site, name: &str) -> Self {
+        let table_sql = format!("\"{name}\"");
+        let fingerprints_sql = format!("\"{name}_fingerprints\"");
         Self {
             site,
             name: name.to_owned(),
-            table_sql: format!("\"{name}\""),
-            fingerprints_sql: format!("\"{name}_fingerprints\""),
+            is_settled_sql: format!(
+                "SELECT EXISTS (SELECT 1 FROM {fingerprints_sql} WHERE fingerprint = ?1) \
+                 AND NOT EXISTS (SELECT 1 FROM {table_sql} WHERE executed = 0)"
+            ),
+            table_sql,
+            fingerprints_sql,
             pending_index_sql: format!("\"{name}_pending\""),
         }
     }
