@@ -2,5 +2,6 @@
 //! cluster, fresh SQLite files, and the runner suite every backend runs.
 
 pub mod pg;
+pub mod reliability;
 pub mod runner_suite;
 pub mod sqlite;

@@ -14,7 +14,9 @@
 //! dropped when the test ends.
 //!
 //! Every test gets its own database ([`fresh_database`]), so tests run in
-//! parallel without seeing each other's tables or advisory locks.
+//! parallel without seeing each other's tables or advisory locks. A test
+//! that stops and starts the server gets a cluster of its own
+//! ([`PrivateCluster`]).
 
 use std::env;
 use std::ffi::OsStr;
@@ -344,7 +346,65 @@ fi
 rm -rf "$1"
 "#;
 
+    /// A cluster this process started: how to control it, and the watchdog
+    /// that deletes it once this process exits.
+    pub(super) struct Cluster {
+        pub(super) bin: PathBuf,
+        pub(super) run_as: Option<&'static str>,
+        pub(super) dir: PathBuf,
+        pub(super) port: u16,
+        pub(super) watchdog: Child,
+    }
+
+    impl Cluster {
+        fn data(&self) -> PathBuf {
+            self.dir.join("data")
+        }
+
+        /// Starts the stopped server again, on the same port.
+        pub(super) fn start_again(&self) {
+            if let Err(log) = start_on(&self.bin, self.run_as, &self.dir, &self.data(), self.port) {
+                panic!("starting the cluster again failed:\n{log}");
+            }
+        }
+
+        /// Stops the server (`pg_ctl stop -m fast`: sessions are ended).
+        pub(super) fn stop(&self) {
+            let out = run(
+                self.run_as,
+                &self.bin.join("pg_ctl"),
+                &[
+                    "stop".as_ref(),
+                    "-D".as_ref(),
+                    self.data().as_os_str(),
+                    "-m".as_ref(),
+                    "fast".as_ref(),
+                    "-w".as_ref(),
+                ],
+            );
+            assert!(
+                out.status.success(),
+                "pg_ctl stop failed: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     pub(super) fn start() -> Server {
+        let cluster = create();
+        Server {
+            urls: UrlTemplate::parse(&format!(
+                "postgres://{OWNER}@127.0.0.1:{}/postgres",
+                cluster.port
+            )),
+            external: false,
+            _watchdog: Some(cluster.watchdog),
+        }
+    }
+
+    /// Creates and starts a cluster of its own.
+    pub(super) fn create() -> Cluster {
         let bin = binaries();
         let run_as = if is_root() { Some(OWNER) } else { None };
         let dir = tempfile::Builder::new()
@@ -375,10 +435,12 @@ rm -rf "$1"
         let data = dir.join("data");
         init(&bin, run_as, &data);
         let port = launch(&bin, run_as, &dir, &data);
-        Server {
-            urls: UrlTemplate::parse(&format!("postgres://{OWNER}@127.0.0.1:{port}/postgres")),
-            external: false,
-            _watchdog: Some(watchdog),
+        Cluster {
+            bin,
+            run_as,
+            dir,
+            port,
+            watchdog,
         }
     }
 
@@ -516,35 +578,13 @@ rm -rf "$1"
     /// Starts the server on a free port, retrying when another process
     /// takes the port first; returns the port.
     fn launch(bin: &Path, run_as: Option<&str>, dir: &Path, data: &Path) -> u16 {
-        let log = dir.join("server.log");
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
-            let out = run(
-                run_as,
-                &bin.join("pg_ctl"),
-                &[
-                    "start".as_ref(),
-                    "-D".as_ref(),
-                    data.as_os_str(),
-                    "-l".as_ref(),
-                    log.as_os_str(),
-                    "-w".as_ref(),
-                    "-t".as_ref(),
-                    "60".as_ref(),
-                    "-o".as_ref(),
-                    format!("-p {port}").as_ref(),
-                ],
-            );
-            if out.status.success() {
-                return port;
+            match start_on(bin, run_as, dir, data, port) {
+                Ok(()) => return port,
+                Err(log) => last = log,
             }
-            last = format!(
-                "{}{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
             if !last.contains("could not bind") && !last.contains("already in use") {
                 break;
             }
@@ -552,11 +592,99 @@ rm -rf "$1"
         panic!("starting the test cluster failed:\n{last}");
     }
 
+    /// `pg_ctl start` on `port`, waiting until the server accepts
+    /// connections; the error is everything pg_ctl and the server said.
+    fn start_on(
+        bin: &Path,
+        run_as: Option<&str>,
+        dir: &Path,
+        data: &Path,
+        port: u16,
+    ) -> Result<(), String> {
+        let log = dir.join("server.log");
+        let out = run(
+            run_as,
+            &bin.join("pg_ctl"),
+            &[
+                "start".as_ref(),
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "60".as_ref(),
+                "-o".as_ref(),
+                format!("-p {port}").as_ref(),
+            ],
+        );
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(format!(
+            "{}{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        ))
+    }
+
     fn free_port() -> u16 {
         TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("finding a free port on 127.0.0.1")
             .port()
+    }
+}
+
+/// A cluster of its own, for a test that stops and starts the server
+/// (which would break every other test on the shared one). Started like the
+/// shared cluster, always from the installed binaries (it needs control of
+/// the server, so [`DATABASE_URL_VAR`] does not apply), and stopped and
+/// deleted by its watchdog once it is dropped or the test process exits.
+pub struct PrivateCluster {
+    cluster: cluster::Cluster,
+}
+
+impl PrivateCluster {
+    /// Creates and starts a cluster (a second or so: `initdb` and start).
+    pub fn start() -> Self {
+        Self {
+            cluster: cluster::create(),
+        }
+    }
+
+    /// The superuser URL of database `database` on this cluster.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{database}",
+            self.cluster.port
+        )
+    }
+
+    /// The port the server listens on, the same after a restart.
+    pub fn port(&self) -> u16 {
+        self.cluster.port
+    }
+
+    /// Stops the server, ending every session (`pg_ctl stop -m fast`).
+    pub fn stop(&self) {
+        self.cluster.stop();
+    }
+
+    /// Starts the stopped server again on the same port, waiting until it
+    /// accepts connections.
+    pub fn start_again(&self) {
+        self.cluster.start_again();
+    }
+}
+
+impl fmt::Debug for PrivateCluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrivateCluster")
+            .field("dir", &self.cluster.dir)
+            .field("port", &self.cluster.port)
+            .finish()
     }
 }
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::task::{JoinError, JoinHandle};
 use tracing::{Instrument, Span};
 use waymark_core::{
-    BoxError, Cancellation, Error, Handler, LockGuard, Migration, MigrationContext, MigrationStore,
-    error_chain,
+    BoxError, Cancellation, Error, Handler, LockGuard, Migration, MigrationContext, MigrationId,
+    MigrationStore, error_chain,
 };
 
 use crate::events::{Events, RunEvent, progress_fn};
@@ -94,7 +94,7 @@ impl<S: Send + Sync + 'static> Job<'_, S> {
                     }
                     if let Err(err) = self.store.record_success(id).await {
                         tracing::error!(error = %err, "the migration's work is done but recording its success failed; it will run again");
-                        return Err(err);
+                        return Err(unrecorded(err, "the success", id, &name));
                     }
                     Status::Executed
                 }
@@ -102,7 +102,7 @@ impl<S: Send + Sync + 'static> Job<'_, S> {
                     if let Err(err) = self.store.record_failure(id, failure.message()).await {
                         // The caller gets the store error; the failure itself must not vanish.
                         tracing::error!(failure = %failure.message(), error = %err, "the migration failed and recording the failure failed too");
-                        return Err(err);
+                        return Err(unrecorded(err, "the failure", id, &name));
                     }
                     Status::Failed(failure)
                 }
@@ -266,6 +266,19 @@ async fn supervise<S: Send + Sync + 'static>(
         task.handle.abort();
     }
     (Ended::from_join((&mut task.handle).await), Some(limit))
+}
+
+/// The store's error on recording `what` of a migration, saying which
+/// migration's outcome was lost (the store's own context names only the
+/// database).
+fn unrecorded(error: Error, what: &str, id: MigrationId, name: &str) -> Error {
+    match error {
+        Error::Store { context, source } => Error::Store {
+            context: format!("recording {what} of migration {id} {name:?}: {context}"),
+            source,
+        },
+        other => other,
+    }
 }
 
 fn panic_message(payload: Box<dyn Any + Send>) -> String {

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use tokio_postgres::Transaction;
 use waymark_core::{
     BatchStep, BoxError, Error, Handler, MigrationContext, MigrationHandler, MigrationId,
-    drive_batches, now_utc,
+    StalledBatch, drive_batches, now_utc,
 };
 
 use crate::PostgresStore;
@@ -91,6 +91,10 @@ impl PostgresStore {
     /// nothing committed: the next run resumes at the last checkpoint. The
     /// loop is [`drive_batches`]: it reports progress and stops between
     /// batches when the run is cancelled.
+    ///
+    /// A batch that returns the checkpoint it started from is rolled back
+    /// and fails with [`StalledBatch`]: saving its work under the same
+    /// checkpoint would apply it again on the next run.
     ///
     /// Each batch commits only if the migration is still pending at the
     /// checkpoint the batch started from; otherwise another run moved on
@@ -311,6 +315,12 @@ where
             let mut conn = store.checkout().await?;
             let tx = store.begin(&mut conn, ctx_ref.id()).await?;
             let (outcome, reusable) = match f(&tx, from.as_deref(), ctx_ref).await {
+                // Committing would save this batch's work under the checkpoint
+                // it started from, so the next run would apply it again.
+                Ok(step) if step.checkpoint().is_some() && step.checkpoint() == from.as_deref() => {
+                    let stalled = StalledBatch(from.clone().unwrap_or_default());
+                    (Err(stalled.into()), PostgresStore::abandon(tx).await)
+                }
                 Ok(step) => {
                     let record = Record::Batch {
                         from: from.as_deref(),

@@ -12,11 +12,18 @@
 //!   `checkpoint`, with column comments and a partial index on pending rows.
 //!   An existing table of the original four columns is upgraded in place,
 //!   keeping every row. Any number of processes may call `prepare` at once.
+//!   On a prepared database `prepare` is one catalog read and `register` of
+//!   a known set one query, with no transaction or lock: the steady state of
+//!   every start-up after the first.
 //! - **Run lock.** A PostgreSQL advisory lock whose key derives from schema
 //!   and table, so apps with different tables never block each other. The
 //!   connection holding it has left the pool for good: it is never handed
 //!   back still holding the lock, and when the guard is dropped or the
 //!   process dies, the session ends and the server frees the lock at once.
+//!   [`lock_or_wait`](waymark_core::MigrationStore::lock_or_wait) takes it
+//!   when free and otherwise waits for a transaction-scoped *shared* lock
+//!   on the same key, which the server grants to every waiter together when
+//!   the holder lets go; that connection then returns to the pool.
 //! - **Atomic handlers.** [`PostgresStore::atomic`] gives a handler the
 //!   `tokio_postgres::Transaction` its success is recorded in;
 //!   [`PostgresStore::batched`] commits each batch with its checkpoint.

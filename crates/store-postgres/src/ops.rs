@@ -35,6 +35,11 @@ impl MigrationStore for PostgresStore {
             "preparing",
             Retry::Once,
             body!(|conn| {
+                // Look first, outside any transaction or lock: on a database
+                // prepared before (every start but the first) this is all.
+                if schema::is_complete(&conn, schema, sql).await? {
+                    return Ok(());
+                }
                 let tx = conn.transaction().await?;
                 schema::prepare(&tx, schema, sql).await?;
                 tx.commit().await?;
@@ -52,19 +57,34 @@ impl MigrationStore for PostgresStore {
         }
         // Inserted in id order, so concurrent registrations of overlapping
         // sets wait for each other instead of deadlocking.
-        let by_id: HashMap<i64, &MigrationDef> = defs.iter().map(|d| (d.id().get(), d)).collect();
+        // An id repeated with the same name keeps its first description,
+        // as in the other backends.
+        let mut by_id: HashMap<i64, &MigrationDef> = HashMap::with_capacity(defs.len());
+        for def in defs {
+            by_id.entry(def.id().get()).or_insert(def);
+        }
         let mut ids: Vec<i64> = by_id.keys().copied().collect();
         ids.sort_unstable();
         let names: Vec<&str> = ids.iter().map(|id| by_id[id].name()).collect();
         let descriptions: Vec<&str> = ids.iter().map(|id| by_id[id].description()).collect();
         let fingerprint = MigrationDef::fingerprint(defs);
-        let (by_id, ids, names, descriptions, fingerprint) =
-            (&by_id, &ids, &names, &descriptions, &fingerprint);
+        let (ids, names, descriptions, fingerprint) = (&ids, &names, &descriptions, &fingerprint);
         let sql = self.statements();
         self.call(
             "registering migrations",
             Retry::Once,
             body!(|conn| {
+                // Read first: in the steady state (every id known under its
+                // name, the set seen before) nothing is written or locked.
+                // Anything else, conflicts included, takes the write path.
+                let registered = conn.prepare_cached(&sql.registered).await?;
+                if conn
+                    .query_one(&registered, &[ids, names, fingerprint])
+                    .await?
+                    .get::<_, bool>(0)
+                {
+                    return Ok(());
+                }
                 let tx = conn.transaction().await?;
                 if !ids.is_empty() {
                     let insert = tx.prepare_cached(&sql.insert).await?;
@@ -72,14 +92,19 @@ impl MigrationStore for PostgresStore {
                     // Read back after inserting: a row another process
                     // inserted at the same moment is visible now, and checked.
                     let tracked = tx.prepare_cached(&sql.names).await?;
+                    let mut tracked_names = HashMap::with_capacity(ids.len());
                     for row in tx.query(&tracked, &[ids]).await? {
-                        let (id, name): (i64, Option<String>) = (row.get(0), row.get(1));
-                        let def = by_id[&id];
-                        let name = name.unwrap_or_default();
-                        if name != def.name() {
-                            tx.rollback().await?;
-                            return Err(name_conflict(def.id(), &name, def.name()).into());
-                        }
+                        let name: Option<String> = row.get(1);
+                        tracked_names.insert(row.get::<_, i64>(0), name.unwrap_or_default());
+                    }
+                    // The first conflict in declaration order, as every backend reports it.
+                    let conflict = defs.iter().find_map(|def| {
+                        let name = tracked_names.get(&def.id().get())?;
+                        (name != def.name()).then(|| name_conflict(def.id(), name, def.name()))
+                    });
+                    if let Some(conflict) = conflict {
+                        tx.rollback().await?;
+                        return Err(conflict.into());
                     }
                 }
                 let record = tx.prepare_cached(&sql.insert_fingerprint).await?;
@@ -193,6 +218,22 @@ impl MigrationStore for PostgresStore {
         let doing = "taking the migration lock";
         match tokio::time::timeout(limit, lock::acquire(client, self.lock_key(), wait)).await {
             Ok(Ok(guard)) => Ok(guard),
+            Ok(Err(LockFailure::Busy)) => Err(lock::busy(wait)),
+            Ok(Err(LockFailure::Pg(e))) => Err(error::pg(self.context(doing), e)),
+            Err(_) => Err(Error::store(
+                self.context(doing),
+                timed_out(limit, "no answer from the server"),
+            )),
+        }
+    }
+
+    async fn lock_or_wait(&self, wait: Duration) -> Result<Option<LockGuard>, Error> {
+        let conn = self.checkout().await?;
+        let limit = wait.saturating_add(self.statement_timeout());
+        let doing = "taking or waiting for the migration lock";
+        match tokio::time::timeout(limit, lock::lock_or_wait(conn, self.lock_key(), wait)).await {
+            Ok(Ok(lock::TryOrWait::Held(guard))) => Ok(Some(guard)),
+            Ok(Ok(lock::TryOrWait::Released)) => Ok(None),
             Ok(Err(LockFailure::Busy)) => Err(lock::busy(wait)),
             Ok(Err(LockFailure::Pg(e))) => Err(error::pg(self.context(doing), e)),
             Err(_) => Err(Error::store(

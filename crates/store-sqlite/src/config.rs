@@ -57,7 +57,10 @@ pub struct SqliteConfig {
 impl SqliteConfig {
     /// A database file at `path`, created (with its tables, on
     /// [`prepare`](waymark_core::MigrationStore::prepare)) if missing. The
-    /// directory must exist.
+    /// directory must exist. An empty path and `":memory:"`, which SQLite
+    /// would turn into a database that keeps nothing, make
+    /// [`open_with`](crate::SqliteStore::open_with) fail with
+    /// [`Error::Invalid`] for the field `path`.
     pub fn file(path: impl AsRef<Path>) -> Self {
         Self::at(Location::File(path.as_ref().to_path_buf()))
     }
@@ -111,6 +114,9 @@ impl SqliteConfig {
 
     /// Checks the settings that can be wrong, before anything is opened.
     pub(crate) fn validate(&self) -> Result<(), Error> {
+        if let Location::File(path) = &self.location {
+            validate_path(path)?;
+        }
         validate_table_name(&self.table)?;
         let millis = self.busy_timeout.as_millis();
         if millis > i32::MAX as u128 {
@@ -121,6 +127,21 @@ impl SqliteConfig {
         }
         Ok(())
     }
+}
+
+/// Refuses the two file names SQLite turns into a database that vanishes
+/// when closed (`""`, a private temporary file, and `":memory:"`): every
+/// migration would run again at the next start.
+fn validate_path(path: &Path) -> Result<(), Error> {
+    let vanishes = match path.to_str() {
+        Some("") => "an empty path",
+        Some(":memory:") => "\":memory:\" (use SqliteConfig::in_memory() for that)",
+        _ => return Ok(()),
+    };
+    Err(Error::invalid(
+        "path",
+        format!("{vanishes} makes SQLite use a database that vanishes when closed"),
+    ))
 }
 
 /// Accepts only plain identifiers, so the name can be spliced into SQL
@@ -169,6 +190,17 @@ mod tests {
                 "{name:?}"
             );
         }
+    }
+
+    #[test]
+    fn paths_sqlite_would_not_keep_are_invalid() {
+        for path in ["", ":memory:"] {
+            assert!(matches!(
+                SqliteConfig::file(path).validate(),
+                Err(Error::Invalid { field: "path", .. })
+            ));
+        }
+        assert!(SqliteConfig::file("./:memory:").validate().is_ok());
     }
 
     #[test]

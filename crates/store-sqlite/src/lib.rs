@@ -72,7 +72,12 @@
 //! - **Database access.** Each store has one connection behind a mutex,
 //!   shared by its clones; every call runs on Tokio's blocking threads
 //!   (`spawn_blocking`), never on the async workers, so many tasks can call
-//!   one store at once and simply queue. Writes start with `BEGIN
+//!   one store at once and simply queue. The one exception is the start-up
+//!   fast path, [`is_settled`](waymark_core::MigrationStore::is_settled):
+//!   when the connection is free it runs inline, with SQLite's busy handler
+//!   off so that it can never wait on a lock (a busy database falls back to
+//!   a blocking thread), because the hop to a blocking thread and back would
+//!   cost several times the query itself. Writes start with `BEGIN
 //!   IMMEDIATE`: a writer waits for another connection's write lock through
 //!   the busy timeout (default 5 s, [`SqliteConfig::busy_timeout`]) and then
 //!   fails with a clear [`Error::Store`](waymark_core::Error::Store), never
@@ -86,7 +91,10 @@
 //!   Each attempt opens its own descriptor, so the lock also excludes other
 //!   store instances (and clones) in the same process. The kernel releases it
 //!   when the guard is dropped and when the process dies, SIGKILL included:
-//!   there is never a stale lock to clear. The database file itself is never
+//!   there is never a stale lock to clear. [`lock_or_wait`](waymark_core::MigrationStore::lock_or_wait)
+//!   takes the lock if it is free and otherwise waits for a shared `flock`
+//!   on a blocking thread, so every instance that lost a race at start-up
+//!   wakes the moment the winner lets go. The database file itself is never
 //!   opened a second time, since closing such a descriptor would drop the
 //!   POSIX locks SQLite holds on it. Like SQLite, this needs a local file
 //!   system, not a network share. For in-memory databases the run lock is a
