@@ -378,3 +378,60 @@ async fn connect(url: &str) -> Client {
     });
     client
 }
+
+/// Only the run lock's session is terminated while a migration runs: that
+/// migration finishes (its own session is fine), but the run notices the
+/// lost lock and starts nothing more; nothing later ran, no lock is left,
+/// and the next run completes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_run_lock_stops_the_run_before_the_next_migration() {
+    let db = fresh_database().await;
+    let admin = db.admin().await;
+    items_table(&admin).await;
+    let store = db.store().await;
+    let (trap, mut armed) = trap();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let waiting = Arc::clone(&release);
+    let gated = Handler::async_fn(move |_ctx| {
+        let trap = trap.lock().unwrap().take();
+        let waiting = Arc::clone(&waiting);
+        async move {
+            if let Some(trap) = trap {
+                let _ = trap.send(0);
+                waiting.notified().await;
+            }
+            Ok::<(), waymark_core::BoxError>(())
+        }
+    });
+    let runner = Runner::builder(store.clone())
+        .migration(def(1), gated)
+        .migration(def(2), logs(&store, 2))
+        .build()
+        .unwrap();
+    let run_task = tokio::spawn({
+        let runner = runner.clone();
+        async move { run(&runner).await }
+    });
+    armed.recv().await.expect("migration 1 started");
+    let locks = db.advisory_locks().await;
+    assert_eq!(locks.len(), 1, "the run holds its lock: {locks:?}");
+    db.terminate(locks[0].pid).await;
+    no_advisory_lock_left(&db).await;
+    // The server has ended the session; give the client's connection task
+    // a moment to read the closed socket before migration 1 returns.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    release.notify_one();
+
+    let err = run_task.await.unwrap().expect_err("the run must stop");
+    assert!(matches!(err, Error::Store { .. }), "{err:?}");
+    assert!(error_chain(&err).contains("the lock is lost"), "{err}");
+    assert!(
+        items(&admin).await.is_empty(),
+        "migration 2 ran without the lock"
+    );
+    no_advisory_lock_left(&db).await;
+
+    let report = run(&runner).await.expect("the next run completes");
+    assert_eq!(report.executed().count(), 1, "{report}");
+    assert_eq!(items(&admin).await, [2]);
+}

@@ -42,7 +42,7 @@ pub use handler::{BlockingMigrationHandler, Handler, MigrationHandler};
 pub use id::MigrationId;
 pub use memory::MemoryStore;
 pub use migration::{Migration, now_utc};
-pub use store::{LockGuard, MigrationStore, check_unique_ids, name_conflict};
+pub use store::{HeldLock, LockGuard, MigrationStore, check_unique_ids, name_conflict};
 pub use stream::StreamType;
 pub use table::{Align, StatusTable, TextTable, one_line, render_table, state};
 

@@ -97,15 +97,51 @@ pub trait MigrationStore: Send + Sync + 'static {
 /// Proof of holding a store's run lock; dropping it releases the lock.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct LockGuard {
-    _held: Box<dyn Any + Send + Sync>,
+    held: Held,
+}
+
+enum Held {
+    /// A lock that is held for as long as the value lives (a file lock, a mutex guard).
+    Plain { _held: Box<dyn Any + Send + Sync> },
+    /// A lock that can be lost while its guard lives (a database session ended by the server).
+    Checked(Box<dyn HeldLock>),
+}
+
+/// A lock whose holder can lose it while the guard lives — a PostgreSQL
+/// advisory lock dies with its session — and can tell.
+pub trait HeldLock: Send + Sync + 'static {
+    /// `Ok` while the lock is still held; an error saying how it was lost otherwise.
+    /// Must be cheap: the runner asks before every migration.
+    fn check(&self) -> Result<(), Error>;
 }
 
 impl LockGuard {
     /// Wraps whatever keeps a backend's lock held (a mutex guard, a locked
-    /// file, a dedicated connection); dropping it must release the lock.
+    /// file); dropping it must release the lock. The lock must stay held as
+    /// long as the value lives.
     pub fn new<T: Send + Sync + 'static>(held: T) -> Self {
         Self {
-            _held: Box::new(held),
+            held: Held::Plain {
+                _held: Box::new(held),
+            },
+        }
+    }
+
+    /// Wraps a lock that can be lost while held, such as one tied to a
+    /// database session; [`check`](Self::check) asks it.
+    pub fn checked(held: impl HeldLock) -> Self {
+        Self {
+            held: Held::Checked(Box::new(held)),
+        }
+    }
+
+    /// `Ok` while the lock is known to be held. The runner checks before
+    /// each migration, so a run whose lock was lost (its session
+    /// terminated) stops instead of running migrations unprotected.
+    pub fn check(&self) -> Result<(), Error> {
+        match &self.held {
+            Held::Plain { .. } => Ok(()),
+            Held::Checked(lock) => lock.check(),
         }
     }
 }

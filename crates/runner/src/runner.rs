@@ -315,6 +315,10 @@ impl<S: Send + Sync + 'static> Inner<S> {
                 match self.by_id.get(&row.id).map(|&i| &self.declared[i]) {
                     None => self.missing_handler(row),
                     Some(declared) => {
+                        // A lock tied to a database session can be lost
+                        // (the session terminated): never start a
+                        // migration without it.
+                        guard.check()?;
                         Job {
                             row,
                             handler: &declared.handler,

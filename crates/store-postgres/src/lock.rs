@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use deadpool_postgres::ClientWrapper;
 use tokio_postgres::error::SqlState;
-use waymark_core::{Error, LockGuard};
+use waymark_core::{Error, HeldLock, LockGuard};
 
 use crate::conn::Conn;
 
@@ -44,12 +44,31 @@ const fn fnv1a_64(bytes: &[u8]) -> u64 {
 
 /// Keeps the lock's connection open; dropping it closes the connection
 /// (aborting its task), which ends the session and frees the lock.
-struct HeldLock {
-    _client: ClientWrapper,
+struct AdvisoryLock {
+    client: ClientWrapper,
     key: i64,
 }
 
-impl Drop for HeldLock {
+impl HeldLock for AdvisoryLock {
+    /// The lock lives exactly as long as its session: once the connection
+    /// is closed (the backend terminated, the server restarted), it is gone.
+    /// `is_closed` costs no round trip; a termination the connection task
+    /// has not read yet is noticed at the next check.
+    fn check(&self) -> Result<(), Error> {
+        if self.client.is_closed() {
+            return Err(Error::store(
+                "holding the migration lock",
+                std::io::Error::other(
+                    "the lock's database session ended (terminated or the server restarted): \
+                     the lock is lost, so the run stops",
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AdvisoryLock {
     fn drop(&mut self) {
         tracing::debug!(key = self.key, "releasing the migration lock");
     }
@@ -102,10 +121,7 @@ pub(crate) async fn acquire(
         }
     }
     tracing::debug!(key, "took the migration lock");
-    Ok(LockGuard::new(HeldLock {
-        _client: client,
-        key,
-    }))
+    Ok(LockGuard::checked(AdvisoryLock { client, key }))
 }
 
 /// What [`lock_or_wait`] found.
@@ -140,8 +156,8 @@ pub(crate) async fn lock_or_wait(
         .map_err(LockFailure::Pg)?;
     if row.get::<_, bool>(0) {
         tracing::debug!(key, "took the migration lock");
-        return Ok(TryOrWait::Held(LockGuard::new(HeldLock {
-            _client: conn.detach(),
+        return Ok(TryOrWait::Held(LockGuard::checked(AdvisoryLock {
+            client: conn.detach(),
             key,
         })));
     }
