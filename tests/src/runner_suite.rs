@@ -46,6 +46,7 @@ macro_rules! runner_suite {
             blocking_overrun_keeps_the_lock_and_counts_as_done,
             resumes_from_the_checkpoint_after_a_failure,
             handler_recorded_success_is_not_recorded_twice,
+            success_committed_before_a_failure_stays_executed,
             plan_shows_what_would_run_without_running_it,
             plan_and_run_refuse_a_renamed_migration,
             fast_path_is_one_query_without_lock,
@@ -793,6 +794,31 @@ pub async fn handler_recorded_success_is_not_recorded_twice(db: &TestStore) {
     let row = row(db, 1).await;
     assert!(row.executed);
     assert_eq!(row.attempts, 1);
+}
+
+/// A handler whose success was committed but which then failed before
+/// telling the runner (a timeout or a lost connection right at an atomic
+/// handler's COMMIT) is reported executed, and no failure is recorded over it.
+pub async fn success_committed_before_a_failure_stays_executed(db: &TestStore) {
+    let runner = Runner::<()>::builder(Arc::clone(&db.store))
+        .migration(
+            def(1),
+            Handler::async_fn(|ctx: MigrationContext<()>| async move {
+                ctx.store().record_success(ctx.id()).await?;
+                Err::<(), BoxError>("the connection dropped after COMMIT".into())
+            }),
+        )
+        .build()
+        .unwrap();
+    let report = runner.run(()).await.expect("the migration is done");
+    assert!(
+        matches!(status_of(&report, 1), Status::Executed),
+        "{report}"
+    );
+    let row = row(db, 1).await;
+    assert!(row.executed);
+    assert_eq!(row.attempts, 1);
+    assert_eq!(row.last_error, None);
 }
 
 /// The plan lists what would run, in order, and runs, registers and locks

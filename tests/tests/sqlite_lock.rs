@@ -74,3 +74,71 @@ async fn in_memory_locks_are_per_database() {
     assert!(a.clone().lock(Duration::ZERO).await.is_err());
     let _independent = b.lock(Duration::ZERO).await.unwrap();
 }
+
+/// One database reached through a symlink, or one table named in another
+/// case (SQLite ignores it), is still one lock.
+#[tokio::test]
+async fn every_spelling_of_one_table_shares_one_lock() {
+    let (store, dir) = fresh_store().await;
+    store.prepare().await.unwrap();
+    let path = db_path(&dir);
+    let link = dir.path().join("link.db");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    let through_link = SqliteStore::open(&link).await.unwrap();
+    let other_case = SqliteStore::open_with(SqliteConfig::file(&path).table("MIGRATIONS"))
+        .await
+        .unwrap();
+
+    let guard = store.lock(Duration::from_secs(5)).await.unwrap();
+    for other in [&through_link, &other_case] {
+        let result = other.lock(Duration::ZERO).await;
+        assert!(
+            matches!(result, Err(Error::LockTimeout { .. })),
+            "{result:?}"
+        );
+        let result = other.lock_or_wait(Duration::from_millis(50)).await;
+        assert!(
+            matches!(result, Err(Error::LockTimeout { .. })),
+            "{result:?}"
+        );
+    }
+    drop(guard);
+    assert!(through_link.lock(Duration::ZERO).await.is_ok());
+}
+
+/// A replica that gives up waiting for the holder leaves nothing running:
+/// its runtime shuts down at once, not when the holder lets go.
+#[test]
+fn giving_up_the_wait_leaves_no_blocked_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let holder_runtime = tokio::runtime::Runtime::new().unwrap();
+    let holder = holder_runtime.block_on(async {
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.prepare().await.unwrap();
+        store.lock(Duration::from_secs(5)).await.unwrap()
+    });
+
+    let waiter_runtime = tokio::runtime::Runtime::new().unwrap();
+    let result = waiter_runtime.block_on(async {
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.lock_or_wait(Duration::from_millis(100)).await
+    });
+    assert!(
+        matches!(result, Err(Error::LockTimeout { .. })),
+        "{result:?}"
+    );
+    // With the holder still holding, shutting the waiter's runtime down
+    // must not wait for it (a blocked flock thread would).
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        drop(waiter_runtime);
+        let _ = done.send(());
+    });
+    let shut_down = finished.recv_timeout(Duration::from_secs(30));
+    drop(holder);
+    assert!(
+        shut_down.is_ok(),
+        "the waiter's runtime hung until the holder let go"
+    );
+}

@@ -89,13 +89,21 @@ impl<S: Send + Sync + 'static> Job<'_, S> {
                 None => {
                     if timed_out.is_some() {
                         tracing::warn!(
-                            "the blocking handler finished its work after the timeout; recording it as executed so it does not run twice"
+                            "the handler finished its work after the timeout; recording it as executed so it does not run twice"
                         );
                     }
                     if let Err(err) = self.store.record_success(id).await {
                         tracing::error!(error = %err, "the migration's work is done but recording its success failed; it will run again");
                         return Err(unrecorded(err, "the success", id, &name));
                     }
+                    Status::Executed
+                }
+                // The handler's own commit may have landed although it did
+                // not return: a timeout, or a lost connection, right at an
+                // atomic handler's COMMIT. The row was pending when this run
+                // started under the lock, so executed now means it did.
+                Some(failure) if committed_anyway(&**self.store, id).await => {
+                    tracing::warn!(error = %failure.message(), "the handler failed after its transaction committed its success; it stays executed");
                     Status::Executed
                 }
                 Some(failure) => {
@@ -133,6 +141,13 @@ impl<S: Send + Sync + 'static> Job<'_, S> {
             id, &*name, status, duration, attempts,
         ))
     }
+}
+
+/// Whether the migration is recorded executed although its handler failed
+/// (its commit landed just before a timeout or a lost connection). When the
+/// row cannot be read, the failure is recorded as usual.
+async fn committed_anyway(store: &dyn MigrationStore, id: MigrationId) -> bool {
+    matches!(store.get(id).await, Ok(row) if row.executed)
 }
 
 /// How a handler's task ended.

@@ -191,6 +191,14 @@ impl<S: Send + Sync + 'static> Runner<S> {
     /// [`Error::Invalid`] outside a Tokio runtime.
     pub async fn run_and_report(&self, state: impl Into<Arc<S>>) -> Result<RunReport, Error> {
         let started = Instant::now();
+        // Stores and the runner use Tokio's timers and blocking threads:
+        // say so plainly rather than let a store panic on a missing reactor.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::invalid(
+                "runtime",
+                "the runner must be called inside a Tokio runtime",
+            ));
+        }
         let inner = &*self.inner;
         if inner.store.is_settled(&inner.fingerprint).await? {
             tracing::debug!("migrations settled: nothing pending");
@@ -245,12 +253,6 @@ impl<S: Send + Sync + 'static> Runner<S> {
 
 impl<S: Send + Sync + 'static> Inner<S> {
     async fn run_pending(&self, state: Arc<S>, started: Instant) -> Result<RunReport, Error> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(Error::invalid(
-                "runtime",
-                "the runner must be called inside a Tokio runtime",
-            ));
-        }
         let store = &*self.store;
         store.prepare().await?;
         store.register(&self.defs).await?;

@@ -14,6 +14,10 @@ use crate::config::Location;
 /// The longest pause between two attempts while someone else holds the lock.
 const MAX_PAUSE: Duration = Duration::from_millis(50);
 
+/// The longest pause of a replica waiting for the holder to finish: short,
+/// since every waiter should learn at about the same time that it is done.
+const WAIT_PAUSE: Duration = Duration::from_millis(5);
+
 /// How a store takes its run lock.
 #[derive(Debug, Clone)]
 pub(crate) enum RunLock {
@@ -25,9 +29,16 @@ pub(crate) enum RunLock {
 }
 
 impl RunLock {
+    /// Called once the database file exists, so its path can be resolved.
     pub(crate) fn new(location: &Location, table: &str) -> Self {
         match location {
-            Location::File(path) => Self::File(Arc::new(sidecar(path, table))),
+            Location::File(path) => {
+                // One database reached by two spellings (a symlink, `./`,
+                // a relative path before a `chdir`) and one table in two
+                // cases (SQLite ignores it) must share one lock file.
+                let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+                Self::File(Arc::new(sidecar(&resolved, &table.to_ascii_lowercase())))
+            }
             Location::Memory => Self::Memory(Arc::default()),
         }
     }
@@ -52,43 +63,49 @@ impl RunLock {
     /// Takes the lock if it is free; otherwise waits up to `wait` for the
     /// holder to release it and returns `None` without taking it.
     ///
-    /// The wait is a shared `flock` on a blocking thread rather than the
-    /// polling of [`acquire`](Self::acquire): every waiter wakes the moment
-    /// the holder releases, which is what replicas that start together
-    /// need. A waiter that gives up leaves its thread blocked until the
-    /// holder releases; it then takes the shared lock and drops it at once.
+    /// The wait polls a shared `flock` without blocking, like
+    /// [`acquire`](Self::acquire) polls the exclusive one: a blocking
+    /// `flock` on a thread could not be given up on time, and would keep
+    /// the runtime from shutting down until the holder let go.
     pub(crate) async fn acquire_or_wait(&self, wait: Duration) -> Result<Option<LockGuard>, Error> {
         let Self::File(path) = self else {
             return self.acquire(wait).await.map(Some);
         };
         let opened = Arc::clone(path);
-        let file = tokio::task::spawn_blocking(move || {
-            let file = open_sidecar(&opened)?;
-            match file.try_lock() {
-                Ok(()) => Ok((file, true)),
-                Err(TryLockError::WouldBlock) => Ok((file, false)),
-                Err(TryLockError::Error(err)) => {
-                    Err(Error::store(format!("locking {}", opened.display()), err))
-                }
+        let file = tokio::task::spawn_blocking(move || open_sidecar(&opened))
+            .await
+            .map_err(|join| Error::store("opening the lock file", join))??;
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(LockGuard::new(file))),
+            Err(TryLockError::WouldBlock) => {}
+            Err(TryLockError::Error(err)) => {
+                return Err(Error::store(format!("locking {}", path.display()), err));
             }
-        })
-        .await
-        .map_err(|join| Error::store("opening the lock file", join))??;
-        match file {
-            (file, true) => Ok(Some(LockGuard::new(file))),
-            (file, false) => {
-                let released = tokio::task::spawn_blocking(move || file.lock_shared());
-                match tokio::time::timeout(wait, released).await {
-                    // The shared lock is released as the file closes here.
-                    Ok(Ok(Ok(()))) => Ok(None),
-                    Ok(Ok(Err(err))) => Err(Error::store(
+        }
+        let deadline = Instant::now().checked_add(wait);
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match file.try_lock_shared() {
+                // The holder has let go; the shared lock is released as the
+                // file closes on return.
+                Ok(()) => return Ok(None),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(err)) => {
+                    return Err(Error::store(
                         format!("waiting for the lock on {}", path.display()),
                         err,
-                    )),
-                    Ok(Err(join)) => Err(Error::store("waiting for the lock file", join)),
-                    Err(_) => Err(Error::LockTimeout { waited: wait }),
+                    ));
                 }
             }
+            let left = match deadline {
+                Some(deadline) if Instant::now() >= deadline => {
+                    return Err(Error::LockTimeout { waited: wait });
+                }
+                Some(deadline) => deadline - Instant::now(),
+                None => WAIT_PAUSE,
+            };
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(WAIT_PAUSE);
         }
     }
 
