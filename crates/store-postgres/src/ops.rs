@@ -211,57 +211,35 @@ impl MigrationStore for PostgresStore {
     }
 
     async fn lock(&self, wait: Duration) -> Result<LockGuard, Error> {
+        let client = self.checkout().await?.detach();
         // The server gives up at `wait`; this only guards against a server
         // that stops answering. Dropping the future closes the connection.
         let limit = wait.saturating_add(self.statement_timeout());
         let doing = "taking the migration lock";
-        let mut retried = false;
-        loop {
-            let client = self.checkout().await?.detach();
-            match tokio::time::timeout(limit, lock::acquire(client, self.lock_key(), wait)).await {
-                Ok(Ok(guard)) => return Ok(guard),
-                Ok(Err(LockFailure::Busy)) => return Err(lock::busy(wait)),
-                // A pooled connection that died unnoticed (an idle timeout
-                // on the way) held no lock: one more try on a fresh one.
-                Ok(Err(LockFailure::Pg(e))) if !retried && error::connection_lost(&e) => {
-                    tracing::debug!(error = %e, "connection lost; retrying {doing}");
-                    retried = true;
-                }
-                Ok(Err(LockFailure::Pg(e))) => return Err(error::pg(self.context(doing), e)),
-                Err(_) => {
-                    return Err(Error::store(
-                        self.context(doing),
-                        timed_out(limit, "no answer from the server"),
-                    ));
-                }
-            }
+        match tokio::time::timeout(limit, lock::acquire(client, self.lock_key(), wait)).await {
+            Ok(Ok(guard)) => Ok(guard),
+            Ok(Err(LockFailure::Busy)) => Err(lock::busy(wait)),
+            Ok(Err(LockFailure::Pg(e))) => Err(error::pg(self.context(doing), e)),
+            Err(_) => Err(Error::store(
+                self.context(doing),
+                timed_out(limit, "no answer from the server"),
+            )),
         }
     }
 
     async fn lock_or_wait(&self, wait: Duration) -> Result<Option<LockGuard>, Error> {
+        let conn = self.checkout().await?;
         let limit = wait.saturating_add(self.statement_timeout());
         let doing = "taking or waiting for the migration lock";
-        let mut retried = false;
-        loop {
-            let conn = self.checkout().await?;
-            match tokio::time::timeout(limit, lock::lock_or_wait(conn, self.lock_key(), wait)).await
-            {
-                Ok(Ok(lock::TryOrWait::Held(guard))) => return Ok(Some(guard)),
-                Ok(Ok(lock::TryOrWait::Released)) => return Ok(None),
-                Ok(Err(LockFailure::Busy)) => return Err(lock::busy(wait)),
-                // As in `lock`: a dead pooled connection held nothing.
-                Ok(Err(LockFailure::Pg(e))) if !retried && error::connection_lost(&e) => {
-                    tracing::debug!(error = %e, "connection lost; retrying {doing}");
-                    retried = true;
-                }
-                Ok(Err(LockFailure::Pg(e))) => return Err(error::pg(self.context(doing), e)),
-                Err(_) => {
-                    return Err(Error::store(
-                        self.context(doing),
-                        timed_out(limit, "no answer from the server"),
-                    ));
-                }
-            }
+        match tokio::time::timeout(limit, lock::lock_or_wait(conn, self.lock_key(), wait)).await {
+            Ok(Ok(lock::TryOrWait::Held(guard))) => Ok(Some(guard)),
+            Ok(Ok(lock::TryOrWait::Released)) => Ok(None),
+            Ok(Err(LockFailure::Busy)) => Err(lock::busy(wait)),
+            Ok(Err(LockFailure::Pg(e))) => Err(error::pg(self.context(doing), e)),
+            Err(_) => Err(Error::store(
+                self.context(doing),
+                timed_out(limit, "no answer from the server"),
+            )),
         }
     }
 }
