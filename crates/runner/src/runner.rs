@@ -252,10 +252,28 @@ impl<S: Send + Sync + 'static> Runner<S> {
 }
 
 impl<S: Send + Sync + 'static> Inner<S> {
+    /// Registers the declared set. A store can refuse the write while
+    /// another instance runs a long atomic migration that holds the
+    /// database's write lock (SQLite's busy timeout is seconds, such a
+    /// migration can take minutes): then wait for that run to end, as for
+    /// the lock, and try once more.
+    async fn register(&self, store: &dyn MigrationStore) -> Result<(), Error> {
+        let first = match store.register(&self.defs).await {
+            Err(err @ Error::Store { .. }) => err,
+            other => return other,
+        };
+        tracing::info!(error = %first, "registering failed; waiting for any running migration to end, then trying again");
+        let (guard, _) =
+            lock::acquire_or_wait(store, self.settings.lock_wait, &self.events).await?;
+        store.register(&self.defs).await?;
+        drop(guard);
+        Ok(())
+    }
+
     async fn run_pending(&self, state: Arc<S>, started: Instant) -> Result<RunReport, Error> {
         let store = &*self.store;
         store.prepare().await?;
-        store.register(&self.defs).await?;
+        self.register(store).await?;
         let before = store.pending().await?;
         if before.is_empty() {
             tracing::debug!("nothing pending");

@@ -1,0 +1,78 @@
+//! Replicas of one application on one SQLite file, through the runner.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use waymark_core::{BoxError, Handler, MigrationContext, MigrationDef, MigrationStore};
+use waymark_runner::{Runner, Status};
+use waymark_sqlite::{SqliteConfig, SqliteStore};
+
+fn def(id: i64) -> MigrationDef {
+    MigrationDef::new(id, format!("m{id}"), "").unwrap()
+}
+
+fn noop() -> Handler<()> {
+    Handler::blocking_fn(|_ctx: MigrationContext<()>| Ok::<(), BoxError>(()))
+}
+
+/// A replica that declares a new migration starts while another replica's
+/// atomic migration holds SQLite's write lock longer than the busy timeout:
+/// registering the new migration cannot write yet, so the replica waits for
+/// the running migration to end, as for the run lock, instead of failing
+/// its start-up; then it runs the new migration, and not the old one again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_a_new_migration_waits_out_a_long_atomic_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let config = || SqliteConfig::file(&path).busy_timeout(Duration::from_millis(100));
+    let first = SqliteStore::open_with(config()).await.unwrap();
+    let second = SqliteStore::open_with(config()).await.unwrap();
+
+    let started = Arc::new(Notify::new());
+    let signal = Arc::clone(&started);
+    let long = first.atomic(move |tx, _ctx: &MigrationContext<()>| {
+        tx.execute_batch("CREATE TABLE laps (path TEXT)")?;
+        signal.notify_one();
+        // Far past the other replica's busy timeout, holding the write lock.
+        std::thread::sleep(Duration::from_millis(800));
+        Ok::<(), BoxError>(())
+    });
+    let old_release = Runner::builder(first.clone())
+        .migration(def(1), long)
+        .build()
+        .unwrap();
+    let running = tokio::spawn(async move { old_release.run(()).await });
+    started.notified().await;
+
+    let new_release = Runner::builder(second.clone())
+        .migration(def(1), noop())
+        .migration(def(2), noop())
+        .build()
+        .unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(60), new_release.run(()))
+        .await
+        .expect("a hang guard, not a measurement")
+        .expect("the new replica waits instead of failing");
+    running.await.unwrap().expect("the old replica's run");
+
+    assert!(
+        matches!(
+            report.outcome(def(2).id()).map(|o| &o.status),
+            Some(Status::Executed)
+        ),
+        "{report}"
+    );
+    assert!(
+        !matches!(
+            report.outcome(def(1).id()).map(|o| &o.status),
+            Some(Status::Executed)
+        ),
+        "migration 1 ran twice: {report}"
+    );
+    let rows = second.list().await.unwrap();
+    assert!(
+        rows.iter().all(|row| row.executed && row.attempts == 1),
+        "{rows:?}"
+    );
+}
