@@ -12,6 +12,15 @@ const MAX_SCHEMA_LEN: usize = 63;
 /// derived from it (`_fingerprints`), so derived names are never truncated.
 const MAX_TABLE_LEN: usize = 50;
 
+/// tokio-postgres' default idle time before the first keepalive probe.
+const LIBPQ_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+/// Idle time before the first keepalive probe on the store's connections.
+const KEEPALIVES_IDLE: Duration = Duration::from_secs(30);
+/// Time between unanswered probes.
+const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes before the connection counts as dead.
+const KEEPALIVES_RETRIES: u32 = 3;
+
 /// Connect timeout when neither the builder nor the URL sets one.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Statement timeout when the builder sets none.
@@ -188,6 +197,15 @@ impl PostgresConfig {
         pg.options(options);
         if pg.get_application_name().is_none() {
             pg.application_name("waymark");
+        }
+        // A peer gone without a word (a failover, a dropped NAT mapping)
+        // must end the session on this side too, so that a run whose lock
+        // died with it notices (`LockGuard::check`) within a minute rather
+        // than after the system default of two hours. A URL's own setting wins.
+        if pg.get_keepalives_idle() == LIBPQ_KEEPALIVES_IDLE {
+            pg.keepalives_idle(KEEPALIVES_IDLE);
+            pg.keepalives_interval(KEEPALIVES_INTERVAL);
+            pg.keepalives_retries(KEEPALIVES_RETRIES);
         }
         Ok(pg)
     }
@@ -388,6 +406,18 @@ mod tests {
         assert_eq!(describe_server(&pg), "a:1,b:2 (database \"u\")");
         let pg: tokio_postgres::Config = "host=::1 dbname=d".parse().unwrap();
         assert_eq!(describe_server(&pg), "[::1]:5432 (database \"d\")");
+    }
+
+    #[test]
+    fn dead_peers_are_noticed_within_a_minute_unless_the_url_says_otherwise() {
+        let pg = PostgresConfig::new("postgres://u@h/d").pg_config().unwrap();
+        assert_eq!(pg.get_keepalives_idle(), KEEPALIVES_IDLE);
+        assert_eq!(pg.get_keepalives_interval(), Some(KEEPALIVES_INTERVAL));
+        assert_eq!(pg.get_keepalives_retries(), Some(KEEPALIVES_RETRIES));
+        let own = PostgresConfig::new("postgres://u@h/d?keepalives_idle=5")
+            .pg_config()
+            .unwrap();
+        assert_eq!(own.get_keepalives_idle(), Duration::from_secs(5));
     }
 
     #[test]
