@@ -48,6 +48,15 @@ pub fn sqlite_hand_loop(conn: &mut Connection, job: &str, batch: usize) -> Resul
     }
 }
 
+/// The backfill's definition as migration `id`, the same for every backend.
+fn zones_def(id: i64) -> Result<MigrationDef, waymark_core::Error> {
+    MigrationDef::new(
+        id,
+        format!("heart_rate_zones_{id}"),
+        "Zone percentages of every HR stream",
+    )
+}
+
 /// A runner of the same backfill as migration `id`, registered, with
 /// [`SqliteStore::batched`], and the count of streams it will process.
 pub async fn sqlite_runner(
@@ -55,11 +64,7 @@ pub async fn sqlite_runner(
     id: i64,
     batch: usize,
 ) -> Result<(Runner<()>, Counter), BoxError> {
-    let def = MigrationDef::new(
-        id,
-        format!("heart_rate_zones_{id}"),
-        "Zone percentages of every HR stream",
-    )?;
+    let def = zones_def(id)?;
     store.register(std::slice::from_ref(&def)).await?;
     let processed = Counter::default();
     let counted = Arc::clone(&processed);
@@ -249,11 +254,7 @@ pub async fn pg_runner(
     id: i64,
     batch: usize,
 ) -> Result<(Runner<()>, Counter), BoxError> {
-    let def = MigrationDef::new(
-        id,
-        format!("heart_rate_zones_{id}"),
-        "Zone percentages of every HR stream",
-    )?;
+    let def = zones_def(id)?;
     store.register(std::slice::from_ref(&def)).await?;
     let processed = Counter::default();
     let counted = Arc::clone(&processed);
