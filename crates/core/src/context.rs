@@ -3,60 +3,34 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::runtime::Handle;
-use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::{Error, Migration, MigrationId, MigrationStore};
 
 /// Receives `(done, total)` progress reports from a running handler.
 pub type ProgressFn = Arc<dyn Fn(u64, Option<u64>) + Send + Sync>;
 
-/// The context of one migration run, handed to its handler by value.
+/// The context of one migration run, given to its handler.
 ///
-/// The same type serves async and blocking handlers: async code calls
-/// [`save_checkpoint`](Self::save_checkpoint), blocking code (already on a
-/// blocking thread) calls [`save_checkpoint_blocking`](Self::save_checkpoint_blocking).
+/// Plain handlers get it by value and may save checkpoints through it
+/// ([`save_checkpoint`](Self::save_checkpoint), or
+/// [`save_checkpoint_blocking`](Self::save_checkpoint_blocking) on a
+/// blocking thread). Atomic handlers get a shared reference: their
+/// checkpoints and their success are recorded by the store in their own
+/// transaction, so there is nothing for them to record, and nothing a
+/// handler can call claims a migration done.
 pub struct MigrationContext<S> {
     state: Arc<S>,
     migration: Migration,
     store: Arc<dyn MigrationStore>,
     progress: Option<ProgressFn>,
-    cancellation: Cancellation,
-    completion: CompletionFlag,
+    cancellation: CancellationToken,
     runtime: Handle,
 }
 
 impl<S> MigrationContext<S> {
-    /// Builds a context. The runner calls this; handlers only receive one.
-    ///
-    /// Must be called inside a Tokio runtime: the context keeps a handle to
-    /// it for [`save_checkpoint_blocking`](Self::save_checkpoint_blocking).
-    pub fn new(state: Arc<S>, migration: Migration, store: Arc<dyn MigrationStore>) -> Self {
-        Self {
-            state,
-            migration,
-            store,
-            progress: None,
-            cancellation: Cancellation::new(),
-            completion: CompletionFlag::default(),
-            runtime: Handle::current(),
-        }
-    }
-
-    /// Sends progress reports to `progress`.
-    pub fn with_progress(mut self, progress: ProgressFn) -> Self {
-        self.progress = Some(progress);
-        self
-    }
-
-    /// Uses `cancellation`, which the runner trips on timeout or shutdown.
-    pub fn with_cancellation(mut self, cancellation: Cancellation) -> Self {
-        self.cancellation = cancellation;
-        self
-    }
-
     /// The application's state passed to the run.
     pub fn state(&self) -> &S {
         &self.state
@@ -78,21 +52,16 @@ impl<S> MigrationContext<S> {
     }
 
     /// The last saved checkpoint: `None` on a first run, the saved value when
-    /// resuming after a failure or a crash.
+    /// resuming after a failure, a crash or a shutdown.
     pub fn checkpoint(&self) -> Option<&str> {
         self.migration.checkpoint.as_deref()
-    }
-
-    /// The store the migration is tracked in.
-    pub fn store(&self) -> &Arc<dyn MigrationStore> {
-        &self.store
     }
 
     /// Saves `checkpoint` so that a later run resumes from it.
     ///
     /// The checkpoint is committed on its own, after the work it describes:
-    /// make the work idempotent, or use a store crate's atomic batched
-    /// handler, which commits both in one transaction.
+    /// make the work idempotent, or declare the migration `batched` on a
+    /// store with atomic transactions, which commits both together.
     pub async fn save_checkpoint(&mut self, checkpoint: impl Into<String>) -> Result<(), Error> {
         let checkpoint = checkpoint.into();
         self.store
@@ -118,28 +87,17 @@ impl<S> MigrationContext<S> {
         }
     }
 
-    /// True once the runner asks the handler to stop (timeout or shutdown).
-    /// Long handlers should check it between units of work.
+    /// True once the runner asks the handler to stop (its timeout passed,
+    /// or the application is shutting down). Long handlers should check it
+    /// between units of work.
     pub fn is_cancelled(&self) -> bool {
         self.cancellation.is_cancelled()
     }
 
-    /// The cancellation signal itself, to await or to pass along.
-    pub fn cancellation(&self) -> &Cancellation {
+    /// The cancellation signal itself, to await or to pass along; a child
+    /// of the application's shutdown token when the runner was given one.
+    pub fn cancellation(&self) -> &CancellationToken {
         &self.cancellation
-    }
-
-    /// Tells the runner that the handler has recorded its own success in the
-    /// same transaction as its data change (what the store crates' atomic
-    /// handlers do), so the runner must not record it again.
-    pub fn mark_success_recorded(&self) {
-        self.completion.set();
-    }
-
-    /// The flag set by [`mark_success_recorded`](Self::mark_success_recorded);
-    /// the runner keeps a clone before handing the context over.
-    pub fn completion_flag(&self) -> CompletionFlag {
-        self.completion.clone()
     }
 
     /// The Tokio runtime the run belongs to, for blocking code that needs to
@@ -158,56 +116,22 @@ impl<S> fmt::Debug for MigrationContext<S> {
     }
 }
 
-/// Set once a handler has recorded its own success in its transaction.
-#[derive(Debug, Clone, Default)]
-pub struct CompletionFlag(Arc<AtomicBool>);
-
-impl CompletionFlag {
-    fn set(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-
-    /// Whether the handler recorded its success itself.
-    pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-}
-
-/// A cancellation signal shared between the runner and a handler.
-#[derive(Debug, Clone, Default)]
-pub struct Cancellation(Arc<CancellationInner>);
-
-#[derive(Debug, Default)]
-struct CancellationInner {
-    cancelled: AtomicBool,
-    notify: Notify,
-}
-
-impl Cancellation {
-    /// A signal that has not fired.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Fires the signal; every waiter wakes.
-    pub fn cancel(&self) {
-        self.0.cancelled.store(true, Ordering::Release);
-        self.0.notify.notify_waiters();
-    }
-
-    /// Whether the signal has fired.
-    pub fn is_cancelled(&self) -> bool {
-        self.0.cancelled.load(Ordering::Acquire)
-    }
-
-    /// Completes when the signal fires (at once if it already has).
-    pub async fn cancelled(&self) {
-        loop {
-            let notified = self.0.notify.notified();
-            if self.is_cancelled() {
-                return;
-            }
-            notified.await;
-        }
+/// Builds a context: for the runner and the conformance suites. Must be
+/// called inside a Tokio runtime (the context keeps a handle to it for
+/// [`MigrationContext::save_checkpoint_blocking`]).
+pub fn new_context<S>(
+    state: Arc<S>,
+    migration: Migration,
+    store: Arc<dyn MigrationStore>,
+    progress: Option<ProgressFn>,
+    cancellation: CancellationToken,
+) -> MigrationContext<S> {
+    MigrationContext {
+        state,
+        migration,
+        store,
+        progress,
+        cancellation,
+        runtime: Handle::current(),
     }
 }

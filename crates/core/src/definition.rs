@@ -1,7 +1,10 @@
 //! What the application declares: a migration's id, name and description.
 
+use std::time::Duration;
+
 use serde::Serialize;
 
+use crate::fnv::Fnv128;
 use crate::{Error, MigrationId};
 
 /// The longest name allowed, in characters (the original `VARCHAR(250)`).
@@ -30,6 +33,43 @@ pub struct MigrationDef {
     id: MigrationId,
     name: String,
     description: String,
+    #[serde(skip)]
+    mode: Mode,
+    #[serde(skip)]
+    timeout: Option<Duration>,
+}
+
+/// When a migration runs relative to the application serving requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Mode {
+    /// Before the application serves: [`Runner::run`] returns only once it
+    /// has run. The default.
+    ///
+    /// [`Runner::run`]: https://docs.rs/waymark/latest/waymark/struct.Runner.html#method.run
+    #[default]
+    Required,
+    /// While the application serves: the run starts it after the required
+    /// migrations and reports it through a handle. It must not be something
+    /// a required migration depends on.
+    Background,
+}
+
+impl Mode {
+    /// `"required"` or `"background"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Required => "required",
+            Self::Background => "background",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl MigrationDef {
@@ -50,7 +90,35 @@ impl MigrationDef {
             id,
             name,
             description,
+            mode: Mode::Required,
+            timeout: None,
         })
+    }
+
+    /// Runs this migration in the background, while the application serves
+    /// (see [`Mode::Background`]).
+    pub fn background(mut self) -> Self {
+        self.mode = Mode::Background;
+        self
+    }
+
+    /// Limits how long one run of this migration may take, overriding the
+    /// runner's default. What happens when it passes depends on the handler
+    /// kind (see the runner's documentation); a zero limit is refused when
+    /// the runner is built.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// Whether it runs before serving or in the background.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Its own time limit, if it has one.
+    pub fn time_limit(&self) -> Option<Duration> {
+        self.timeout
     }
 
     /// The id.
@@ -72,7 +140,7 @@ impl MigrationDef {
     ///
     /// Stores record the digest of each set they registered, so that a later
     /// start-up with the same set can tell in one query that nothing is new
-    /// and nothing is pending (see [`MigrationStore::is_settled`](crate::MigrationStore::is_settled)).
+    /// and nothing is pending (see [`MigrationStore::is_settled`](crate::MigrationStore::is_settled)); mode and timeout are not part of it.
     /// The digest is FNV-1a over the sorted `(id, name)` pairs: stable across
     /// Rust versions and platforms, unlike `std`'s hasher.
     pub fn fingerprint(defs: &[MigrationDef]) -> String {
@@ -111,56 +179,6 @@ pub fn validate_description(description: &str) -> Result<(), Error> {
         ));
     }
     Ok(())
-}
-
-/// Checks a configured SQL name (a table, a schema) is a plain identifier:
-/// an ASCII letter or `_`, then ASCII letters, digits or `_`, at most
-/// `max_chars` long. Stores splice such names into SQL (quoted as well), so
-/// nothing else may pass; anything else is [`Error::Invalid`] for `field`.
-///
-/// ```
-/// use waymark_core::validate_identifier;
-///
-/// assert!(validate_identifier("table", "data_migrations", 63).is_ok());
-/// assert!(validate_identifier("table", "x; DROP TABLE y", 63).is_err());
-/// ```
-pub fn validate_identifier(field: &'static str, name: &str, max_chars: usize) -> Result<(), Error> {
-    let reject = |why: &str| Err(Error::invalid(field, format!("{why}, got {name:?}")));
-    let mut chars = name.chars();
-    match chars.next() {
-        None => return reject("must not be empty"),
-        Some(first) if !(first.is_ascii_alphabetic() || first == '_') => {
-            return reject("must start with an ASCII letter or '_'");
-        }
-        Some(_) => {}
-    }
-    if !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return reject("must contain only ASCII letters, digits and '_'");
-    }
-    if name.len() > max_chars {
-        return reject(&format!("must be at most {max_chars} characters"));
-    }
-    Ok(())
-}
-
-/// 128-bit FNV-1a: tiny, dependency-free and stable; collisions between two
-/// real sets of migration names are not a practical concern at 128 bits.
-struct Fnv128(u128);
-
-impl Fnv128 {
-    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
-    const PRIME: u128 = 0x0000000001000000000000000000013B;
-
-    fn new() -> Self {
-        Self(Self::OFFSET)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 ^= u128::from(*byte);
-            self.0 = self.0.wrapping_mul(Self::PRIME);
-        }
-    }
 }
 
 #[cfg(test)]

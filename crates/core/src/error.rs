@@ -1,6 +1,13 @@
 //! The one public error type shared by every store and the runner.
+//!
+//! Each variant's `Display` says its own part once; what caused it is its
+//! [`source`](std::error::Error::source), so error reporters (anyhow's
+//! `{:#}`, [`error_chain`]) print every cause exactly once.
 
+use std::fmt;
 use std::time::Duration;
+
+use crate::MigrationId;
 
 /// A boxed error that can cross threads: what handlers return and what
 /// backends keep as the source of [`Error::Store`].
@@ -18,7 +25,7 @@ pub enum Error {
     #[error("migration {id} not found")]
     NotFound {
         /// The id that was looked up.
-        id: i64,
+        id: MigrationId,
     },
 
     /// An input broke a limit: the message names the field, the limit and
@@ -36,7 +43,7 @@ pub enum Error {
     #[error("conflict on migration {id}: {message}")]
     Conflict {
         /// The id in conflict.
-        id: i64,
+        id: MigrationId,
         /// What is tracked and what was asked for.
         message: String,
     },
@@ -48,20 +55,50 @@ pub enum Error {
         waited: Duration,
     },
 
-    /// A migration handler failed, panicked or timed out.
-    #[error("migration {id} failed: {message}")]
-    Handler {
-        /// The migration whose handler failed.
-        id: i64,
-        /// The handler's error chain, flattened into one line.
-        message: String,
-        /// The handler's own error, when there is one (a panic has none).
+    /// The tracking table does not exist yet. Read-only calls report this
+    /// instead of creating anything; a run or `waymark init` creates it.
+    #[error("{table} is not initialised: its tracking table does not exist (a run or `waymark init` creates it)")]
+    NotInitialised {
+        /// The table and where it was looked for.
+        table: String,
+    },
+
+    /// Another connection held the database's write lock for longer than
+    /// the store waits (SQLite's busy timeout): nothing was changed, and
+    /// the same call may succeed later.
+    #[error("{context}: another connection held the database's write lock for longer than the busy timeout")]
+    Busy {
+        /// What was being done, and where.
+        context: String,
+        /// The backend's own error.
         #[source]
-        source: Option<BoxError>,
+        source: BoxError,
+    },
+
+    /// A migration failed: its handler returned an error, panicked, timed
+    /// out, or was refused (an undeclared migration under the strict policy).
+    /// The source says how.
+    #[error("migration {id} failed")]
+    Handler {
+        /// The migration that failed.
+        id: MigrationId,
+        /// What happened: the handler's own error, or one of
+        /// [`HandlerPanicked`], [`HandlerTimedOut`], [`UndeclaredMigration`].
+        #[source]
+        source: BoxError,
+    },
+
+    /// The application's shutdown signal stopped the run at a batch
+    /// boundary (or interrupted a handler that is not batched): nothing is
+    /// lost, and the next run resumes where it stopped.
+    #[error("migration {id} was stopped by the shutdown; the next run resumes it")]
+    Stopped {
+        /// The migration that was running.
+        id: MigrationId,
     },
 
     /// The database or the file system failed.
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Store {
         /// What was being done, and where (a path, a host and port; never a password).
         context: String,
@@ -88,6 +125,11 @@ impl Error {
         }
     }
 
+    /// An [`Error::Store`] whose cause is a plain message.
+    pub fn store_message(context: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::store(context, Message(message.into()))
+    }
+
     /// The HTTP status a web endpoint should answer with, as the original
     /// service did: 404 for an unknown id, 500 for anything from the database.
     ///
@@ -95,17 +137,22 @@ impl Error {
     /// `StatusCode::from_u16(err.http_status())`.
     ///
     /// ```
-    /// use waymark_core::Error;
+    /// use waymark_core::{Error, MigrationId};
     ///
-    /// assert_eq!(Error::NotFound { id: 9 }.http_status(), 404);
+    /// let id = MigrationId::new(9)?;
+    /// assert_eq!(Error::NotFound { id }.http_status(), 404);
     /// assert_eq!(Error::store("query", std::io::Error::other("down")).http_status(), 500);
+    /// # Ok::<(), Error>(())
     /// ```
     pub fn http_status(&self) -> u16 {
         match self {
             Self::NotFound { .. } => 404,
             Self::Invalid { .. } => 400,
             Self::Conflict { .. } => 409,
-            Self::LockTimeout { .. } => 503,
+            Self::LockTimeout { .. }
+            | Self::Busy { .. }
+            | Self::NotInitialised { .. }
+            | Self::Stopped { .. } => 503,
             Self::Handler { .. } | Self::Store { .. } => 500,
         }
     }
@@ -118,10 +165,55 @@ impl Error {
             Self::Invalid { .. } => "invalid",
             Self::Conflict { .. } => "conflict",
             Self::LockTimeout { .. } => "lock_timeout",
+            Self::NotInitialised { .. } => "not_initialised",
+            Self::Busy { .. } => "busy",
             Self::Handler { .. } => "handler",
+            Self::Stopped { .. } => "stopped",
             Self::Store { .. } => "store",
         }
     }
+}
+
+/// A plain message as an error source: what a backend reports when the
+/// cause is its own finding rather than a driver's error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message(pub String);
+
+impl fmt::Display for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Message {}
+
+/// The source of an [`Error::Handler`] for a handler that panicked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the handler panicked: {message}")]
+pub struct HandlerPanicked {
+    /// The panic's message.
+    pub message: String,
+}
+
+/// The source of an [`Error::Handler`] for a handler stopped by its timeout;
+/// its own source is the handler's error when it returned one.
+#[derive(Debug, thiserror::Error)]
+#[error("the handler timed out after {limit:?}")]
+pub struct HandlerTimedOut {
+    /// The time limit that passed.
+    pub limit: Duration,
+    /// What the handler returned after being asked to stop, if anything.
+    #[source]
+    pub source: Option<BoxError>,
+}
+
+/// The source of an [`Error::Handler`] for a pending migration this release
+/// does not declare, under the strict policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name:?} is pending but not declared by this release (registered by a newer release or by hand)")]
+pub struct UndeclaredMigration {
+    /// The tracked name of the migration.
+    pub name: String,
 }
 
 /// Why an existing tracking table cannot be used: the source of the
@@ -150,8 +242,8 @@ impl IncompatibleTable {
     }
 }
 
-impl std::fmt::Display for IncompatibleTable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for IncompatibleTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "the existing table {:?} cannot be used: ", self.table)?;
         if let Some(column) = &self.column {
             write!(f, "column {column:?} ")?;
@@ -164,12 +256,20 @@ impl std::error::Error for IncompatibleTable {}
 
 /// The error and all its sources joined into one line (`outer: inner: root`),
 /// the form kept in a migration's `last_error`.
+///
+/// ```
+/// use waymark_core::{Error, error_chain};
+///
+/// let err = Error::store("saving", std::io::Error::other("no space"));
+/// assert_eq!(error_chain(&err), "saving: no space");
+/// ```
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut line = error.to_string();
     let mut next = error.source();
     while let Some(cause) = next {
         let text = cause.to_string();
-        // Many errors repeat their source in their own message; say it once.
+        // Drivers' errors often repeat their own source in their message
+        // (waymark's never do): say each thing once.
         if !line.ends_with(&text) {
             line.push_str(": ");
             line.push_str(&text);
@@ -185,15 +285,40 @@ mod tests {
     use std::error::Error as _;
 
     #[test]
-    fn store_keeps_its_source() {
+    fn store_says_its_context_once_and_keeps_its_source() {
         let err = Error::store("opening /x.db", std::io::Error::other("disk gone"));
         assert_eq!(err.source().unwrap().to_string(), "disk gone");
-        assert_eq!(err.to_string(), "opening /x.db: disk gone");
+        assert_eq!(err.to_string(), "opening /x.db");
+        assert_eq!(error_chain(&err), "opening /x.db: disk gone");
+    }
+
+    #[test]
+    fn handler_errors_print_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let err = Error::Handler {
+            id: MigrationId::new(3).unwrap(),
+            source: io.into(),
+        };
+        assert_eq!(err.to_string(), "migration 3 failed");
+        assert_eq!(error_chain(&err), "migration 3 failed: No such file");
+        let timed_out = Error::Handler {
+            id: MigrationId::new(4).unwrap(),
+            source: HandlerTimedOut {
+                limit: Duration::from_secs(1),
+                source: Some("gave up".into()),
+            }
+            .into(),
+        };
+        assert_eq!(
+            error_chain(&timed_out),
+            "migration 4 failed: the handler timed out after 1s: gave up"
+        );
     }
 
     #[test]
     fn statuses_match_the_original_service() {
-        assert_eq!(Error::NotFound { id: 1 }.http_status(), 404);
+        let id = MigrationId::new(1).unwrap();
+        assert_eq!(Error::NotFound { id }.http_status(), 404);
         assert_eq!(Error::invalid("name", "too long").http_status(), 400);
         assert_eq!(
             Error::LockTimeout {
@@ -202,11 +327,5 @@ mod tests {
             .http_status(),
             503
         );
-    }
-
-    #[test]
-    fn chain_joins_sources_once() {
-        let err = Error::store("saving", std::io::Error::other("no space"));
-        assert_eq!(error_chain(&err), "saving: no space");
     }
 }

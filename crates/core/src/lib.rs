@@ -2,50 +2,61 @@
 //! (backfills, recomputations, clean-ups) run exactly once, in id order,
 //! whatever happens to the process or how many replicas start at once.
 //!
-//! This crate holds what every part shares:
+//! This crate holds what every part shares. At its root, what an
+//! application touches:
 //!
-//! - [`MigrationDef`] and [`Migration`]: what an application declares and
-//!   what a store tracks;
-//! - [`MigrationStore`]: the storage contract, with the in-memory
-//!   [`MemoryStore`]; the SQLite and PostgreSQL stores live in their own crates;
-//! - [`MigrationHandler`], [`BlockingMigrationHandler`], [`Handler`] and
-//!   [`MigrationContext`]: the code that changes the data;
+//! - [`MigrationDef`] and [`Migration`] (with its [`MigrationState`]): what
+//!   an application declares and what a store tracks;
+//! - [`MigrationContext`] and [`BatchStep`]: what handlers receive and return;
 //! - [`Error`]: one error type with semantic variants;
-//! - [`StreamType`]: the activity stream codes of the original application.
+//! - [`MemoryStore`]: the in-memory store, for tests.
 //!
-//! With the `testkit` feature, [`testkit`] is the conformance suite every
-//! backend runs.
+//! In modules, what the other parts need:
+//!
+//! - [`store`]: the storage contract for backend authors — the
+//!   [`MigrationStore`] and [`AtomicStore`](store::AtomicStore) traits,
+//!   locks, the shared SQL, helpers;
+//! - [`render`]: plain-text tables for terminals;
+//! - [`stream`]: the activity stream codes of the original application;
+//! - [`run`]: what the runner builds contexts with;
+//! - `testkit` (feature `testkit`): the conformance suites every backend runs.
 #![deny(missing_docs)]
 
 mod batch;
 mod context;
 mod definition;
 mod error;
-mod handler;
+mod fnv;
 mod id;
 mod memory;
 mod migration;
-mod store;
-mod stream;
-mod table;
+pub mod render;
+pub mod store;
+pub mod stream;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
-pub use batch::{BatchStep, Cancelled, StalledBatch, drive_batches, drive_batches_blocking};
-pub use context::{Cancellation, CompletionFlag, MigrationContext, ProgressFn};
+pub use batch::{BatchStep, Cancelled, StalledBatch};
+pub use context::{MigrationContext, ProgressFn};
 pub use definition::{
-    MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MigrationDef, validate_description, validate_identifier,
+    MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MigrationDef, Mode, validate_description,
     validate_name,
 };
-pub use error::{BoxError, Error, IncompatibleTable, error_chain};
-pub use handler::{BlockingMigrationHandler, Handler, MigrationHandler};
+pub use error::{
+    BoxError, Error, HandlerPanicked, HandlerTimedOut, IncompatibleTable, Message,
+    UndeclaredMigration, error_chain,
+};
 pub use id::MigrationId;
 pub use memory::MemoryStore;
-pub use migration::{Migration, now_utc};
-pub use store::{HeldLock, LockGuard, MigrationStore, check_unique_ids, name_conflict};
-pub use stream::StreamType;
-pub use table::{Align, StatusTable, TextTable, one_line, render_table, state};
+pub use migration::{Migration, MigrationState};
+pub use store::MigrationStore;
+
+/// What the runner builds handler contexts with; applications only receive them.
+pub mod run {
+    pub use crate::context::new_context;
+}
 
 /// Re-exported so that backend crates and applications name the same version.
 pub use async_trait::async_trait;
 pub use time;
+pub use tokio_util::sync::CancellationToken;

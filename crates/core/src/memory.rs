@@ -8,8 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::migration::now_utc;
-use crate::store::{check_unique_ids, name_conflict};
-use crate::{Error, LockGuard, Migration, MigrationDef, MigrationId, MigrationStore};
+use crate::store::{
+    LockGuard, LockRequest, LockScope, RowChange, check_unique_ids, name_conflict,
+};
+use crate::{Error, Migration, MigrationDef, MigrationId, MigrationStore};
 
 /// A complete [`MigrationStore`] kept in memory, thread-safe and cheap to
 /// clone: clones share the same migrations and the same lock.
@@ -35,7 +37,8 @@ use crate::{Error, LockGuard, Migration, MigrationDef, MigrationId, MigrationSto
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
     state: Arc<Mutex<State>>,
-    lock: Arc<tokio::sync::Mutex<()>>,
+    run_lock: Arc<tokio::sync::Mutex<()>>,
+    background_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Debug, Default)]
@@ -59,20 +62,19 @@ impl MemoryStore {
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
         if !state.prepared {
-            return Err(Error::store(
-                "memory store",
-                std::io::Error::other("the store is not prepared: call prepare() first"),
-            ));
+            return Err(Error::NotInitialised {
+                table: "the memory store".to_owned(),
+            });
         }
         Ok(state)
     }
 
-    fn update(&self, id: MigrationId, change: impl FnOnce(&mut Migration)) -> Result<(), Error> {
+    fn change_row(&self, id: MigrationId, change: impl FnOnce(&mut Migration)) -> Result<(), Error> {
         let mut state = self.state()?;
         let row = state
             .rows
             .get_mut(&id)
-            .ok_or(Error::NotFound { id: id.get() })?;
+            .ok_or(Error::NotFound { id })?;
         change(row);
         Ok(())
     }
@@ -103,7 +105,7 @@ impl MigrationStore for MemoryStore {
             state
                 .rows
                 .entry(def.id())
-                .or_insert_with(|| Migration::pending(def));
+                .or_insert_with(|| Migration::registered(def));
         }
         state.fingerprints.insert(MigrationDef::fingerprint(defs));
         Ok(())
@@ -113,14 +115,32 @@ impl MigrationStore for MemoryStore {
         Ok(self.state()?.rows.values().cloned().collect())
     }
 
-    async fn pending(&self) -> Result<Vec<Migration>, Error> {
-        Ok(self
-            .state()?
-            .rows
-            .values()
-            .filter(|row| !row.executed)
-            .cloned()
-            .collect())
+    async fn update(&self, id: MigrationId, change: RowChange<'_>) -> Result<(), Error> {
+        self.change_row(id, |row| match change {
+            RowChange::MarkExecuted => {
+                if !row.executed {
+                    row.executed = true;
+                    row.executed_at = Some(now_utc());
+                }
+                row.checkpoint = None;
+            }
+            RowChange::MarkPending => {
+                row.executed = false;
+                row.executed_at = None;
+            }
+            RowChange::RecordSuccess => {
+                row.executed = true;
+                row.executed_at = Some(now_utc());
+                row.attempts = row.attempts.saturating_add(1);
+                row.last_error = None;
+                row.checkpoint = None;
+            }
+            RowChange::RecordFailure(error) => {
+                row.attempts = row.attempts.saturating_add(1);
+                row.last_error = Some(error.to_owned());
+            }
+            RowChange::SaveCheckpoint(checkpoint) => row.checkpoint = Some(checkpoint.to_owned()),
+        })
     }
 
     async fn get(&self, id: MigrationId) -> Result<Migration, Error> {
@@ -128,45 +148,7 @@ impl MigrationStore for MemoryStore {
             .rows
             .get(&id)
             .cloned()
-            .ok_or(Error::NotFound { id: id.get() })
-    }
-
-    async fn mark_executed(&self, id: MigrationId) -> Result<(), Error> {
-        self.update(id, |row| {
-            if !row.executed {
-                row.executed = true;
-                row.executed_at = Some(now_utc());
-            }
-            row.checkpoint = None;
-        })
-    }
-
-    async fn record_success(&self, id: MigrationId) -> Result<(), Error> {
-        self.update(id, |row| {
-            row.executed = true;
-            row.executed_at = Some(now_utc());
-            row.attempts = row.attempts.saturating_add(1);
-            row.last_error = None;
-            row.checkpoint = None;
-        })
-    }
-
-    async fn mark_pending(&self, id: MigrationId) -> Result<(), Error> {
-        self.update(id, |row| {
-            row.executed = false;
-            row.executed_at = None;
-        })
-    }
-
-    async fn record_failure(&self, id: MigrationId, error: &str) -> Result<(), Error> {
-        self.update(id, |row| {
-            row.attempts = row.attempts.saturating_add(1);
-            row.last_error = Some(error.to_owned());
-        })
-    }
-
-    async fn save_checkpoint(&self, id: MigrationId, checkpoint: &str) -> Result<(), Error> {
-        self.update(id, |row| row.checkpoint = Some(checkpoint.to_owned()))
+            .ok_or(Error::NotFound { id })
     }
 
     async fn is_settled(&self, fingerprint: &str) -> Result<bool, Error> {
@@ -179,8 +161,12 @@ impl MigrationStore for MemoryStore {
             && state.rows.values().all(|row| row.executed))
     }
 
-    async fn lock(&self, wait: Duration) -> Result<LockGuard, Error> {
-        let lock = Arc::clone(&self.lock);
+    async fn lock(&self, request: &LockRequest) -> Result<LockGuard, Error> {
+        let lock = Arc::clone(match request.scope {
+            LockScope::Background => &self.background_lock,
+            _ => &self.run_lock,
+        });
+        let wait: Duration = request.wait;
         match tokio::time::timeout(wait, lock.lock_owned()).await {
             Ok(guard) => Ok(LockGuard::new(guard)),
             Err(_) => Err(Error::LockTimeout { waited: wait }),

@@ -1,4 +1,6 @@
-//! The tracked row of one migration.
+//! The tracked row of one migration, and its state.
+
+use std::fmt;
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -30,18 +32,88 @@ pub struct Migration {
 }
 
 impl Migration {
-    /// A freshly registered, pending row for `def`.
-    pub fn pending(def: &MigrationDef) -> Self {
+    /// A pending row with no history: what a store reads before filling in
+    /// the stored state field by field (rows adopted from the original table
+    /// may break today's limits on names, so no validation happens here).
+    ///
+    /// ```
+    /// use waymark_core::{Migration, MigrationId, MigrationState};
+    ///
+    /// let mut row = Migration::new(MigrationId::new(4)?, "fill_pace", "");
+    /// row.attempts = 2;
+    /// row.last_error = Some("disk full".into());
+    /// assert_eq!(row.state(), MigrationState::Failed);
+    /// # Ok::<(), waymark_core::Error>(())
+    /// ```
+    pub fn new(id: MigrationId, name: impl Into<String>, description: impl Into<String>) -> Self {
         Self {
-            id: def.id(),
-            name: def.name().to_owned(),
-            description: def.description().to_owned(),
+            id,
+            name: name.into(),
+            description: description.into(),
             executed: false,
             executed_at: None,
             attempts: 0,
             last_error: None,
             checkpoint: None,
         }
+    }
+
+    /// The row `register` creates for `def`: pending, no history.
+    pub fn registered(def: &MigrationDef) -> Self {
+        Self::new(def.id(), def.name(), def.description())
+    }
+
+    /// What state the row is in.
+    pub fn state(&self) -> MigrationState {
+        if self.executed {
+            MigrationState::Executed
+        } else if self.last_error.is_some() {
+            MigrationState::Failed
+        } else if self.checkpoint.is_some() {
+            MigrationState::Resumable
+        } else {
+            MigrationState::Pending
+        }
+    }
+}
+
+/// The state of a tracked migration, as read from its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MigrationState {
+    /// Not executed yet, and no attempt has failed.
+    Pending,
+    /// Not executed; its last attempt failed (it runs again on the next run).
+    Failed,
+    /// Not executed; stopped part-way (a shutdown, a crash) with a saved
+    /// checkpoint, where the next run resumes.
+    Resumable,
+    /// Executed.
+    Executed,
+}
+
+impl MigrationState {
+    /// `"pending"`, `"failed"`, `"resumable"` or `"executed"`: the stable
+    /// name used in tables and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Failed => "failed",
+            Self::Resumable => "resumable",
+            Self::Executed => "executed",
+        }
+    }
+
+    /// Whether a run would still execute it.
+    pub fn is_pending(self) -> bool {
+        !matches!(self, Self::Executed)
+    }
+}
+
+impl fmt::Display for MigrationState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

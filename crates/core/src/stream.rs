@@ -10,7 +10,7 @@ use crate::Error;
 /// The kind of an activity data stream, stored as a stable integer code.
 ///
 /// ```
-/// use waymark_core::StreamType;
+/// use waymark_core::stream::StreamType;
 ///
 /// assert_eq!(StreamType::try_from(1)?, StreamType::HeartRate);
 /// assert_eq!(StreamType::Pace.code(), 6);

@@ -6,103 +6,51 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use waymark_core::{Error, Handler, MigrationDef, MigrationStore, check_unique_ids};
+use tokio_util::sync::CancellationToken;
+use waymark_core::store::{AtomicStore, check_unique_ids};
+use waymark_core::{BatchStep, BoxError, Error, MigrationContext, MigrationDef, MigrationStore};
 
+use crate::declare::{Declared, FailurePolicy, Settings, UndeclaredPolicy};
 use crate::events::{Events, RunEvent};
-use crate::runner::{Declared, Runner};
-
-/// How long [`Runner::run`] waits for another instance's lock by default:
-/// long enough for a typical backfill on another replica to finish.
-pub const DEFAULT_LOCK_WAIT: Duration = Duration::from_secs(10 * 60);
-
-/// What a run does after a migration fails.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum FailurePolicy {
-    /// Stop at the first failure; later migrations are reported as not run
-    /// and stay pending (they may depend on the one that failed). The default.
-    #[default]
-    Stop,
-    /// Run every other pending migration anyway.
-    Continue,
-}
-
-/// What a run does with a pending migration that has no handler (tracked in
-/// the store, but not declared to this runner: another version of the
-/// application, or an operator, registered it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum MissingHandler {
-    /// Report it as a failure, which the [`FailurePolicy`] then applies to.
-    /// The default: a migration never goes missing silently.
-    #[default]
-    Error,
-    /// Leave it pending, log a warning and report it as skipped.
-    Skip,
-}
-
-/// Settings shared by every run of one runner.
-#[derive(Debug, Clone)]
-pub(crate) struct Settings {
-    pub(crate) lock_wait: Duration,
-    pub(crate) failure_policy: FailurePolicy,
-    pub(crate) missing_handler: MissingHandler,
-    pub(crate) timeout: Option<Duration>,
-}
+use crate::execute::Stores;
+use crate::handler::Handler;
+use crate::runner::{Inner, Runner};
 
 /// Collects migrations and settings for a [`Runner`]; made by
 /// [`Runner::builder`]. Nothing is checked until [`build`](Self::build).
-pub struct RunnerBuilder<S> {
-    store: Arc<dyn MigrationStore>,
-    declared: Vec<Declared<S>>,
+pub struct RunnerBuilder<S, St> {
+    store: St,
+    declared: Vec<Declared<S, St>>,
     settings: Settings,
-    events: Events,
 }
 
-impl<S: Send + Sync + 'static> RunnerBuilder<S> {
-    pub(crate) fn new(store: Arc<dyn MigrationStore>) -> Self {
-        Self {
+impl<S: Send + Sync + 'static, St: MigrationStore + Clone> Runner<S, St> {
+    /// Starts building a runner on `store` (a store value, an `Arc` of one,
+    /// or an `Arc<dyn MigrationStore>`).
+    pub fn builder(store: St) -> RunnerBuilder<S, St> {
+        RunnerBuilder {
             store,
             declared: Vec::new(),
-            settings: Settings {
-                lock_wait: DEFAULT_LOCK_WAIT,
-                failure_policy: FailurePolicy::default(),
-                missing_handler: MissingHandler::default(),
-                timeout: None,
-            },
-            events: Events::default(),
+            settings: Settings::default(),
         }
     }
+}
 
+impl<S: Send + Sync + 'static, St: MigrationStore + Clone> RunnerBuilder<S, St> {
     /// Declares a migration and the handler that performs it. Declaration
     /// order does not matter: pending migrations always run by ascending id.
-    pub fn migration(mut self, def: MigrationDef, handler: Handler<S>) -> Self {
-        self.declared.push(Declared {
-            def,
-            handler,
-            timeout: None,
-        });
-        self
-    }
-
-    /// Declares a migration with its own timeout, overriding
-    /// [`timeout`](Self::timeout).
-    pub fn migration_with_timeout(
-        mut self,
-        def: MigrationDef,
-        handler: Handler<S>,
-        timeout: Duration,
-    ) -> Self {
-        self.declared.push(Declared {
-            def,
-            handler,
-            timeout: Some(timeout),
-        });
+    /// The definition says whether it is required before serving (the
+    /// default) or runs in the [background](MigrationDef::background), and
+    /// may carry its own [timeout](MigrationDef::timeout).
+    pub fn migration(mut self, def: MigrationDef, handler: Handler<S, St>) -> Self {
+        self.declared.push(Declared { def, handler });
         self
     }
 
     /// Declares several migrations at once.
     pub fn migrations(
         mut self,
-        list: impl IntoIterator<Item = (MigrationDef, Handler<S>)>,
+        list: impl IntoIterator<Item = (MigrationDef, Handler<S, St>)>,
     ) -> Self {
         for (def, handler) in list {
             self = self.migration(def, handler);
@@ -110,9 +58,9 @@ impl<S: Send + Sync + 'static> RunnerBuilder<S> {
         self
     }
 
-    /// How long a run waits for the lock held by another instance before
-    /// failing with [`Error::LockTimeout`]; [`DEFAULT_LOCK_WAIT`] by default.
-    /// Zero tries once. An info line is logged (and
+    /// How long a run waits for the run lock held by another instance before
+    /// failing with [`Error::LockTimeout`]; [`DEFAULT_LOCK_WAIT`](crate::DEFAULT_LOCK_WAIT)
+    /// by default. Zero tries once. An info line is logged (and
     /// [`RunEvent::WaitingForLock`] sent) while waiting.
     pub fn lock_wait(mut self, wait: Duration) -> Self {
         self.settings.lock_wait = wait;
@@ -125,10 +73,10 @@ impl<S: Send + Sync + 'static> RunnerBuilder<S> {
         self
     }
 
-    /// What to do with a pending migration that has no handler;
-    /// [`MissingHandler::Error`] by default.
-    pub fn on_missing_handler(mut self, policy: MissingHandler) -> Self {
-        self.settings.missing_handler = policy;
+    /// What to do with a pending migration this release does not declare;
+    /// [`UndeclaredPolicy::Warn`] by default, so that a rollback starts.
+    pub fn on_undeclared(mut self, policy: UndeclaredPolicy) -> Self {
+        self.settings.undeclared = policy;
         self
     }
 
@@ -139,12 +87,21 @@ impl<S: Send + Sync + 'static> RunnerBuilder<S> {
         self
     }
 
+    /// The application's shutdown signal. When it fires, batched migrations
+    /// stop at the next batch boundary (the batch in progress commits),
+    /// other handlers are cancelled, waits for the lock end, and the lock is
+    /// released; the next start resumes exactly where they stopped.
+    pub fn shutdown(mut self, token: CancellationToken) -> Self {
+        self.settings.shutdown = token;
+        self
+    }
+
     /// Receives every [`RunEvent`] (lock waits, start, progress with rate
     /// and ETA, success, failure, skip), for progress bars. It is called on
     /// the runner's task or on a handler's thread and should return quickly;
     /// a panic in it is logged and ignored.
     pub fn observer(mut self, observer: impl Fn(&RunEvent) + Send + Sync + 'static) -> Self {
-        self.events = Events::new(Arc::new(observer));
+        self.settings.events = Events::new(Arc::new(observer));
         self
     }
 
@@ -154,12 +111,14 @@ impl<S: Send + Sync + 'static> RunnerBuilder<S> {
     /// # Errors
     /// [`Error::Conflict`] when an id is declared twice (with one name or
     /// two); [`Error::Invalid`] for a zero timeout.
-    pub fn build(self) -> Result<Runner<S>, Error> {
+    pub fn build(self) -> Result<Runner<S, St>, Error> {
         check_timeout(self.settings.timeout)?;
         for declared in &self.declared {
-            check_timeout(declared.timeout)?;
+            check_timeout(declared.def.time_limit())?;
         }
-        let defs: Vec<MigrationDef> = self.declared.iter().map(|d| d.def.clone()).collect();
+        let mut declared = self.declared;
+        declared.sort_by_key(|d| d.def.id());
+        let defs: Vec<MigrationDef> = declared.iter().map(|d| d.def.clone()).collect();
         // Core's check names both names when they differ; the same name
         // twice is also an error here, since each id has exactly one handler.
         check_unique_ids(&defs)?;
@@ -167,7 +126,7 @@ impl<S: Send + Sync + 'static> RunnerBuilder<S> {
         for def in &defs {
             if !seen.insert(def.id()) {
                 return Err(Error::Conflict {
-                    id: def.id().get(),
+                    id: def.id(),
                     message: format!(
                         "{:?} declared twice; each migration has exactly one handler",
                         def.name()
@@ -175,12 +134,58 @@ impl<S: Send + Sync + 'static> RunnerBuilder<S> {
                 });
             }
         }
-        Ok(Runner::new(
-            self.store,
-            self.declared,
-            self.settings,
-            self.events,
-        ))
+        let by_id = defs.iter().enumerate().map(|(i, d)| (d.id(), i)).collect();
+        let shared: Arc<dyn MigrationStore> = Arc::new(self.store.clone());
+        Ok(Runner {
+            inner: Arc::new(Inner {
+                stores: Stores {
+                    concrete: self.store,
+                    shared,
+                },
+                fingerprint: MigrationDef::fingerprint(&defs),
+                declared,
+                by_id,
+                defs,
+                settings: self.settings,
+            }),
+        })
+    }
+}
+
+impl<S: Send + Sync + 'static, St: AtomicStore> RunnerBuilder<S, St> {
+    /// Declares a migration whose work commits in the same transaction of
+    /// the runner's store as its success: [`Handler::atomic`].
+    ///
+    /// ```
+    /// # #[cfg(any())] mod skipped {}
+    /// // See the store crates for examples with their transaction types.
+    /// ```
+    pub fn atomic<F, E>(self, def: MigrationDef, f: F) -> Self
+    where
+        F: for<'t> Fn(St::Tx<'t>, &'t MigrationContext<S>) -> St::Output<'t, Result<(), E>>
+            + Send
+            + Sync
+            + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        self.migration(def, Handler::atomic(f))
+    }
+
+    /// Declares a migration in batches, each committed with its checkpoint
+    /// in one transaction of the runner's store: [`Handler::batched`].
+    pub fn batched<F, E>(self, def: MigrationDef, f: F) -> Self
+    where
+        F: for<'t> Fn(
+                St::Tx<'t>,
+                Option<&'t str>,
+                &'t MigrationContext<S>,
+            ) -> St::Output<'t, Result<BatchStep, E>>
+            + Send
+            + Sync
+            + 'static,
+        E: Into<BoxError> + Send + 'static,
+    {
+        self.migration(def, Handler::batched(f))
     }
 }
 
@@ -194,7 +199,7 @@ fn check_timeout(timeout: Option<Duration>) -> Result<(), Error> {
     }
 }
 
-impl<S> fmt::Debug for RunnerBuilder<S> {
+impl<S, St> fmt::Debug for RunnerBuilder<S, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RunnerBuilder")
             .field("migrations", &self.declared.len())
@@ -214,8 +219,18 @@ mod tests {
         MigrationDef::new(id, name, "").unwrap()
     }
 
-    fn noop() -> Handler<()> {
-        Handler::blocking_fn(|_| Ok(()))
+    fn noop() -> Handler<(), MemoryStore> {
+        Handler::blocking_fn(|_| Ok::<(), BoxError>(()))
+    }
+
+    fn invalid_timeout(result: Result<Runner<(), MemoryStore>, Error>) -> bool {
+        matches!(
+            result,
+            Err(Error::Invalid {
+                field: "timeout",
+                ..
+            })
+        )
     }
 
     #[test]
@@ -226,7 +241,8 @@ mod tests {
             .build()
             .unwrap_err();
         match err {
-            Error::Conflict { id: 1, message } => {
+            Error::Conflict { id, message } => {
+                assert_eq!(id.get(), 1);
                 assert!(
                     message.contains("\"a\"") && message.contains("\"b\""),
                     "{message}"
@@ -245,42 +261,24 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(
-            matches!(err, Error::Conflict { id: 2, ref message } if message.contains("declared twice")),
+            matches!(&err, Error::Conflict { id, message } if id.get() == 2 && message.contains("declared twice")),
             "{err:?}"
         );
     }
 
     #[test]
     fn zero_timeouts_are_invalid() {
-        let err = Runner::builder(MemoryStore::new())
-            .migration(def(1, "a"), noop())
-            .timeout(Duration::ZERO)
-            .build()
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Invalid {
-                    field: "timeout",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
-        let err = Runner::builder(MemoryStore::new())
-            .migration_with_timeout(def(1, "a"), noop(), Duration::ZERO)
-            .build()
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::Invalid {
-                    field: "timeout",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(invalid_timeout(
+            Runner::builder(MemoryStore::new())
+                .migration(def(1, "a"), noop())
+                .timeout(Duration::ZERO)
+                .build()
+        ));
+        assert!(invalid_timeout(
+            Runner::builder(MemoryStore::new())
+                .migration(def(1, "a").timeout(Duration::ZERO), noop())
+                .build()
+        ));
     }
 
     #[test]
@@ -292,15 +290,15 @@ mod tests {
             .unwrap();
         let ids: Vec<i64> = runner.definitions().map(|d| d.id().get()).collect();
         assert_eq!(ids, [1, 2, 3]);
-        let settings = runner.settings();
-        assert_eq!(settings.lock_wait, DEFAULT_LOCK_WAIT);
+        let settings = &runner.inner.settings;
+        assert_eq!(settings.lock_wait, crate::DEFAULT_LOCK_WAIT);
         assert_eq!(settings.failure_policy, FailurePolicy::Stop);
-        assert_eq!(settings.missing_handler, MissingHandler::Error);
+        assert_eq!(settings.undeclared, UndeclaredPolicy::Warn);
         assert_eq!(settings.timeout, None);
     }
 
     #[test]
     fn an_empty_runner_is_valid() {
-        assert!(Runner::<()>::builder(MemoryStore::new()).build().is_ok());
+        assert!(Runner::<(), _>::builder(MemoryStore::new()).build().is_ok());
     }
 }

@@ -24,7 +24,7 @@ pub enum RunEvent {
         /// How long it will wait in all.
         limit: Duration,
     },
-    /// The run holds the lock and is about to execute `count` migrations.
+    /// The run holds a lock and is about to execute `count` migrations.
     LockAcquired {
         /// How long it waited for the lock.
         waited: Duration,
@@ -85,8 +85,24 @@ pub enum RunEvent {
         reason: SkipReason,
     },
     /// A migration pending when the run started was executed by another
-    /// instance while this one waited for the lock.
+    /// instance: while this one waited for the lock, or by committing first
+    /// (this run's changes were rolled back).
     AlreadyDone {
+        /// The migration.
+        id: MigrationId,
+        /// Its name.
+        name: Arc<str>,
+    },
+    /// A pending migration this release does not declare was left pending.
+    Undeclared {
+        /// The migration.
+        id: MigrationId,
+        /// Its tracked name.
+        name: Arc<str>,
+    },
+    /// The application's shutdown stopped a migration; it resumes on the
+    /// next run.
+    Stopped {
         /// The migration.
         id: MigrationId,
         /// Its name.
@@ -152,22 +168,33 @@ impl Progress {
 /// The observer callback.
 pub(crate) type Observer = Arc<dyn Fn(&RunEvent) + Send + Sync>;
 
-/// Sends events to the observer, if there is one.
+/// Sends events to the observers: the application's, and the runner's own
+/// (the background status).
 #[derive(Clone, Default)]
-pub(crate) struct Events(Option<Observer>);
+pub(crate) struct Events(Vec<Observer>);
 
 impl Events {
     pub(crate) fn new(observer: Observer) -> Self {
-        Self(Some(observer))
+        Self(vec![observer])
+    }
+
+    /// These events, also heard by `tap`.
+    pub(crate) fn tapped(&self, tap: Observer) -> Self {
+        let mut observers = self.0.clone();
+        observers.push(tap);
+        Self(observers)
     }
 
     /// Builds the event only when someone listens. A panicking observer
     /// (a progress bar's bug) must not fail a migration or the run.
     pub(crate) fn emit(&self, event: impl FnOnce() -> RunEvent) {
-        if let Some(observer) = &self.0 {
-            let event = event();
+        if self.0.is_empty() {
+            return;
+        }
+        let event = event();
+        for observer in &self.0 {
             if catch_unwind(AssertUnwindSafe(|| observer(&event))).is_err() {
-                tracing::warn!(?event, "the run observer panicked; the event is dropped");
+                tracing::warn!(?event, "a run observer panicked; the event is dropped");
             }
         }
     }
@@ -175,11 +202,7 @@ impl Events {
 
 impl fmt::Debug for Events {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() {
-            "Events(observer)"
-        } else {
-            "Events(none)"
-        })
+        write!(f, "Events({} observers)", self.0.len())
     }
 }
 

@@ -1,36 +1,83 @@
-//! Running one handler under supervision: on its own task (async) or a
-//! blocking thread, with panics caught, an optional timeout, and the result
-//! recorded in the store.
+//! Running one migration under supervision: on its own task (async and
+//! atomic kinds) or blocking threads, with panics caught, an optional
+//! timeout, the application's shutdown, and the outcome recorded.
 
 use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::task::{JoinError, JoinHandle};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
+use waymark_core::run::new_context;
+use waymark_core::store::LockGuard;
 use waymark_core::{
-    BoxError, Cancellation, Error, Handler, LockGuard, Migration, MigrationContext, MigrationId,
-    MigrationStore, error_chain,
+    BoxError, Error, HandlerPanicked, HandlerTimedOut, Migration, MigrationContext, MigrationId,
+    MigrationStore,
 };
 
+use crate::drive::{Halt, drive_resumable};
 use crate::events::{Events, RunEvent, progress_fn};
+use crate::handler::{Body, Handler};
 use crate::report::{Failure, FailureKind, MigrationOutcome, Status};
 
+/// How long a batch that is running when the shutdown comes may take to
+/// finish and commit before it is interrupted (and rolled back).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// Where a run's store lives: the concrete store for atomic work, and the
+/// same store as a trait object for contexts and bookkeeping.
+pub(crate) struct Stores<St> {
+    pub(crate) concrete: St,
+    pub(crate) shared: Arc<dyn MigrationStore>,
+}
+
 /// One pending migration to execute, with everything it needs.
-pub(crate) struct Job<'a, S> {
+pub(crate) struct Job<'a, S, St> {
     pub(crate) row: Migration,
-    pub(crate) handler: &'a Handler<S>,
+    pub(crate) handler: &'a Handler<S, St>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) state: &'a Arc<S>,
-    pub(crate) store: &'a Arc<dyn MigrationStore>,
+    pub(crate) stores: &'a Stores<St>,
     pub(crate) guard: &'a Arc<LockGuard>,
     pub(crate) events: &'a Events,
+    pub(crate) shutdown: &'a CancellationToken,
     pub(crate) position: usize,
     pub(crate) count: usize,
 }
 
-impl<S: Send + Sync + 'static> Job<'_, S> {
-    /// Runs the handler and records its result. `Err` only when the store
+/// How a handler's task ended.
+enum Ended {
+    Returned(Result<(), Halt>),
+    Panicked(String),
+    /// Aborted: by the timeout or the shutdown (async plain handlers), or
+    /// because the runtime is shutting down.
+    Aborted,
+}
+
+impl Ended {
+    fn from_join(joined: Result<Result<(), Halt>, JoinError>) -> Self {
+        match joined {
+            Ok(result) => Self::Returned(result),
+            Err(err) if err.is_panic() => Self::Panicked(panic_message(err.into_panic())),
+            Err(_) => Self::Aborted,
+        }
+    }
+}
+
+/// What stopped a handler early, if anything.
+#[derive(Debug, Clone, Copy, Default)]
+struct Interruptions {
+    timed_out: Option<Duration>,
+    shut_down: bool,
+}
+
+impl<S, St> Job<'_, S, St>
+where
+    S: Send + Sync + 'static,
+    St: MigrationStore + Clone,
+{
+    /// Runs the handler and records its outcome. `Err` only when the store
     /// fails to record it.
     pub(crate) async fn execute(self) -> Result<MigrationOutcome, Error> {
         let span = tracing::info_span!(
@@ -44,12 +91,12 @@ impl<S: Send + Sync + 'static> Job<'_, S> {
     async fn execute_in(self, span: Span) -> Result<MigrationOutcome, Error> {
         let id = self.row.id;
         let name: Arc<str> = Arc::from(self.row.name.as_str());
-        let attempts = self.row.attempts.saturating_add(1);
-        let resuming = self.row.checkpoint.is_some();
+        let attempts_before = self.row.attempts;
+        let kind = self.handler.kind();
         tracing::info!(
-            attempt = attempts,
+            attempt = attempts_before.saturating_add(1),
             checkpoint = self.row.checkpoint.as_deref(),
-            blocking = self.handler.is_blocking(),
+            kind = %kind,
             "migration started"
         );
         self.events.emit(|| RunEvent::Started {
@@ -57,75 +104,94 @@ impl<S: Send + Sync + 'static> Job<'_, S> {
             name: Arc::clone(&name),
             position: self.position,
             count: self.count,
-            resuming,
+            resuming: self.row.checkpoint.is_some(),
         });
 
-        let cancellation = Cancellation::new();
+        let cancel = CancellationToken::new();
         let progress = progress_fn(self.events.clone(), id, Arc::clone(&name), span.clone());
-        let ctx = MigrationContext::new(Arc::clone(self.state), self.row, Arc::clone(self.store))
-            .with_progress(progress)
-            .with_cancellation(cancellation.clone());
-        let recorded_by_handler = ctx.completion_flag();
+        let ctx = new_context(
+            Arc::clone(self.state),
+            self.row,
+            Arc::clone(&self.stores.shared),
+            Some(progress),
+            cancel.clone(),
+        );
         let started = Instant::now();
-        let (ended, timed_out) = supervise(
+        let task = spawn(
             self.handler,
             ctx,
-            cancellation,
-            self.guard,
-            self.timeout,
+            self.stores,
+            self.shutdown.clone(),
+            Arc::clone(self.guard),
             span,
-        )
-        .await;
+        );
+        let (ended, interrupted) =
+            supervise(task, kind.is_batched(), &self.handler.body, &cancel, self.timeout, self.shutdown).await;
 
-        let status = if recorded_by_handler.is_set() {
-            // An atomic handler committed its data and its success together;
-            // whatever happened after that commit cannot undo it.
-            if let Some(what) = ended.trouble() {
-                tracing::warn!(%what, "the handler recorded its success, then failed; it stays executed");
-            }
-            Status::Executed
-        } else {
-            match ended.into_failure(timed_out) {
-                None => {
-                    if timed_out.is_some() {
-                        tracing::warn!(
-                            "the handler finished its work after the timeout; recording it as executed so it does not run twice"
-                        );
-                    }
-                    if let Err(err) = self.store.record_success(id).await {
+        let status = match ended {
+            Ended::Returned(Ok(())) => {
+                if interrupted.timed_out.is_some() {
+                    tracing::warn!(
+                        "the handler finished its work after the timeout; recording it as executed so it does not run twice"
+                    );
+                }
+                if !kind.is_atomic() {
+                    // An atomic handler's store recorded it in its transaction.
+                    if let Err(err) = self.stores.shared.record_success(id).await {
                         tracing::error!(error = %err, "the migration's work is done but recording its success failed; it will run again");
                         return Err(unrecorded(err, "the success", id, &name));
                     }
-                    Status::Executed
                 }
-                // The handler's own commit may have landed although it did
-                // not return: a timeout, or a lost connection, right at an
-                // atomic handler's COMMIT. The row was pending when this run
-                // started under the lock, so executed now means it did.
-                Some(failure) if committed_anyway(&**self.store, id).await => {
-                    tracing::warn!(error = %failure.message(), "the handler failed after its transaction committed its success; it stays executed");
-                    Status::Executed
+                Status::Executed
+            }
+            Ended::Returned(Err(Halt::Superseded(message))) => {
+                tracing::info!(%message, "another run recorded this migration first; this run's changes were rolled back");
+                Status::AlreadyDone
+            }
+            Ended::Returned(Err(Halt::Cancelled)) if interrupted.timed_out.is_none() => {
+                Status::Stopped
+            }
+            Ended::Aborted if interrupted.timed_out.is_none() => Status::Stopped,
+            ended => {
+                let failure = failure(ended, interrupted);
+                if let Err(err) = self
+                    .stores
+                    .shared
+                    .record_failure(id, failure.message())
+                    .await
+                {
+                    // The caller gets the store error; the failure itself must not vanish.
+                    tracing::error!(failure = %failure.message(), error = %err, "the migration failed and recording the failure failed too");
+                    return Err(unrecorded(err, "the failure", id, &name));
                 }
-                Some(failure) => {
-                    if let Err(err) = self.store.record_failure(id, failure.message()).await {
-                        // The caller gets the store error; the failure itself must not vanish.
-                        tracing::error!(failure = %failure.message(), error = %err, "the migration failed and recording the failure failed too");
-                        return Err(unrecorded(err, "the failure", id, &name));
-                    }
-                    Status::Failed(failure)
-                }
+                Status::Failed(failure)
             }
         };
         let duration = started.elapsed();
+        let attempts = match &status {
+            Status::Executed | Status::Failed(_) => attempts_before.saturating_add(1),
+            _ => attempts_before,
+        };
         match &status {
             Status::Failed(failure) => {
-                tracing::error!(duration = ?duration, kind = ?failure.kind(), error = %failure.message(), "migration failed");
+                tracing::error!(duration = ?duration, kind = failure.kind().as_str(), error = %failure.message(), "migration failed");
                 self.events.emit(|| RunEvent::Failed {
                     id,
                     name: Arc::clone(&name),
                     duration,
                     kind: failure.kind(),
                     error: failure.message().to_owned(),
+                });
+            }
+            Status::AlreadyDone => self.events.emit(|| RunEvent::AlreadyDone {
+                id,
+                name: Arc::clone(&name),
+            }),
+            Status::Stopped => {
+                tracing::info!(duration = ?duration, "migration stopped by the shutdown; the next run resumes it");
+                self.events.emit(|| RunEvent::Stopped {
+                    id,
+                    name: Arc::clone(&name),
                 });
             }
             _ => {
@@ -137,150 +203,246 @@ impl<S: Send + Sync + 'static> Job<'_, S> {
                 });
             }
         }
-        Ok(MigrationOutcome::new(
-            id, &*name, status, duration, attempts,
-        ))
+        Ok(MigrationOutcome::new(id, &*name, status, duration, attempts))
     }
 }
 
-/// Whether the migration is recorded executed although its handler failed
-/// (its commit landed just before a timeout or a lost connection). When the
-/// row cannot be read, the failure is recorded as usual.
-async fn committed_anyway(store: &dyn MigrationStore, id: MigrationId) -> bool {
-    matches!(store.get(id).await, Ok(row) if row.executed)
-}
-
-/// How a handler's task ended.
-enum Ended {
-    Returned(Result<(), BoxError>),
-    Panicked(String),
-    /// Aborted: by the timeout, or because the runtime is shutting down.
-    Aborted,
-}
-
-impl Ended {
-    fn from_join(joined: Result<Result<(), BoxError>, JoinError>) -> Self {
-        match joined {
-            Ok(result) => Self::Returned(result),
-            Err(err) if err.is_panic() => Self::Panicked(panic_message(err.into_panic())),
-            Err(_) => Self::Aborted,
+/// The failure to record for a handler that did not succeed.
+fn failure(ended: Ended, interrupted: Interruptions) -> Failure {
+    match (ended, interrupted.timed_out) {
+        (Ended::Panicked(message), _) => {
+            Failure::new(FailureKind::Panic, HandlerPanicked { message }.into())
         }
-    }
-
-    /// What went wrong, if anything, for a log line.
-    fn trouble(&self) -> Option<String> {
-        match self {
-            Self::Returned(Ok(())) => None,
-            Self::Returned(Err(err)) => Some(error_chain(&**err)),
-            Self::Panicked(message) => Some(format!("panicked: {message}")),
-            Self::Aborted => Some("was aborted".to_owned()),
-        }
-    }
-
-    /// The failure to record, or `None` for a success.
-    fn into_failure(self, timed_out: Option<Duration>) -> Option<Failure> {
-        let timeout_note = |limit: Duration| format!("timed out after {limit:?}");
-        Some(match (self, timed_out) {
-            (Self::Returned(Ok(())), _) => return None,
-            (Self::Returned(Err(err)), None) => {
-                Failure::new(FailureKind::Error, error_chain(&*err), Some(err))
-            }
-            // A blocking handler that noticed the cancellation and gave up.
-            (Self::Returned(Err(err)), Some(limit)) => Failure::new(
+        (Ended::Returned(Err(halt)), Some(limit)) => {
+            let source = match halt {
+                Halt::Error(error) => Some(error),
+                _ => None,
+            };
+            Failure::new(
                 FailureKind::Timeout,
-                format!("{}: {}", timeout_note(limit), error_chain(&*err)),
-                Some(err),
-            ),
-            (Self::Panicked(message), _) => {
-                Failure::new(FailureKind::Panic, format!("panicked: {message}"), None)
+                HandlerTimedOut { limit, source }.into(),
+            )
+        }
+        (Ended::Aborted, Some(limit)) => Failure::new(
+            FailureKind::Timeout,
+            HandlerTimedOut {
+                limit,
+                source: None,
             }
-            (Self::Aborted, Some(limit)) => {
-                Failure::new(FailureKind::Timeout, timeout_note(limit), None)
-            }
-            (Self::Aborted, None) => Failure::new(
-                FailureKind::Cancelled,
-                "cancelled: the runtime is shutting down".to_owned(),
-                None,
-            ),
-        })
+            .into(),
+        ),
+        (Ended::Returned(Err(Halt::Error(error))), None) => {
+            Failure::new(FailureKind::Error, error)
+        }
+        // Handled by the caller: success, superseded, stopped.
+        (other, _) => Failure::new(
+            FailureKind::Error,
+            format!("unexpected end of the handler: {}", describe(&other)).into(),
+        ),
+    }
+}
+
+fn describe(ended: &Ended) -> &'static str {
+    match ended {
+        Ended::Returned(Ok(())) => "success",
+        Ended::Returned(Err(Halt::Superseded(_))) => "superseded",
+        Ended::Returned(Err(Halt::Cancelled)) => "cancelled",
+        Ended::Returned(Err(Halt::Error(_))) => "error",
+        Ended::Panicked(_) => "panic",
+        Ended::Aborted => "aborted",
+    }
+}
+
+/// Spawns the handler on a task of its own (or a blocking thread). The task
+/// owns a share of the lock guard: the lock cannot be released while the
+/// handler still runs, whatever happens to the run.
+fn spawn<S, St>(
+    handler: &Handler<S, St>,
+    mut ctx: MigrationContext<S>,
+    stores: &Stores<St>,
+    shutdown: CancellationToken,
+    hold: Arc<LockGuard>,
+    span: Span,
+) -> JoinHandle<Result<(), Halt>>
+where
+    S: Send + Sync + 'static,
+{
+    match &handler.body {
+        Body::Async(handler) => {
+            let handler = Arc::clone(handler);
+            tokio::spawn(
+                async move {
+                    let _hold = hold;
+                    handler.run(ctx).await.map_err(Halt::from)
+                }
+                .instrument(span),
+            )
+        }
+        Body::Blocking(handler) => {
+            let handler = Arc::clone(handler);
+            tokio::task::spawn_blocking(move || {
+                let _hold = hold;
+                let _entered = span.enter();
+                handler.run(ctx).map_err(Halt::from)
+            })
+        }
+        Body::Resumable(batch) => {
+            let batch = Arc::clone(batch);
+            tokio::spawn(
+                async move {
+                    let _hold = hold;
+                    let state = ctx.state_arc();
+                    let from = ctx.checkpoint().map(str::to_owned);
+                    let ctx_ref = &mut ctx;
+                    drive_resumable(ctx_ref, from, &shutdown, |from| batch(Arc::clone(&state), from))
+                        .await
+                }
+                .instrument(span),
+            )
+        }
+        Body::ResumableBlocking(batch) => {
+            let batch = Arc::clone(batch);
+            tokio::spawn(
+                async move {
+                    let _hold = hold;
+                    let state = ctx.state_arc();
+                    let from = ctx.checkpoint().map(str::to_owned);
+                    let ctx_ref = &mut ctx;
+                    drive_resumable(ctx_ref, from, &shutdown, |from| {
+                        let (batch, state) = (Arc::clone(&batch), Arc::clone(&state));
+                        Box::pin(async move {
+                            tokio::task::spawn_blocking(move || batch(&state, from.as_deref()))
+                                .await
+                                .unwrap_or_else(|join| Err(rethrow(join)))
+                        })
+                    })
+                    .await
+                }
+                .instrument(span),
+            )
+        }
+        Body::Atomic(run) | Body::Batched(run) => {
+            let work = run(&stores.concrete, ctx, shutdown);
+            tokio::spawn(
+                async move {
+                    let _hold = hold;
+                    work.await
+                }
+                .instrument(span),
+            )
+        }
+    }
+}
+
+/// A panic on a blocking thread goes on unwinding on the task that waited
+/// for it, so the runner reports it as the handler's panic.
+fn rethrow(join: JoinError) -> BoxError {
+    match join.try_into_panic() {
+        Ok(panic) => std::panic::resume_unwind(panic),
+        Err(join) => join.into(),
     }
 }
 
 /// Cancels and aborts the handler's task if the run is dropped half-way
-/// (for instance by a `select!` on a shutdown signal), so an async handler
-/// never outlives the run. A blocking handler cannot be aborted; it keeps a
-/// share of the lock guard, so the lock stays held until it returns.
+/// (a `select!` on a shutdown signal), so an async handler never outlives
+/// the run. Code on a blocking thread cannot be aborted; it keeps its share
+/// of the lock guard, so the lock stays held until it returns.
 struct Supervised<T> {
     handle: JoinHandle<T>,
-    cancellation: Cancellation,
+    cancel: CancellationToken,
 }
 
 impl<T> Drop for Supervised<T> {
     fn drop(&mut self) {
         if !self.handle.is_finished() {
-            self.cancellation.cancel();
+            self.cancel.cancel();
             self.handle.abort();
         }
     }
 }
 
-/// Spawns the handler and waits for it. Returns how it ended and, when the
-/// timeout passed, the limit.
-async fn supervise<S: Send + Sync + 'static>(
-    handler: &Handler<S>,
-    ctx: MigrationContext<S>,
-    cancellation: Cancellation,
-    guard: &Arc<LockGuard>,
+/// Waits for the handler's task, applying its timeout and the shutdown.
+///
+/// - Timeout: the context's cancellation fires. A plain async handler is
+///   aborted; every other kind is waited for (blocking code cannot be
+///   interrupted, and atomic stores stop their statements when cancelled),
+///   keeping the lock, because releasing it while the handler may still
+///   commit would let another instance run the same migration.
+/// - Shutdown: batched kinds finish the batch in progress (up to
+///   [`SHUTDOWN_GRACE`], then it is cancelled) and stop; other kinds are
+///   cancelled at once, and a plain async one is aborted after the grace.
+async fn supervise<S, St>(
+    handle: JoinHandle<Result<(), Halt>>,
+    batched: bool,
+    body: &Body<S, St>,
+    cancel: &CancellationToken,
     timeout: Option<Duration>,
-    span: Span,
-) -> (Ended, Option<Duration>) {
-    // The task owns a share of the lock guard: the lock cannot be released
-    // while the handler still runs, whatever happens to this future.
-    let hold = Arc::clone(guard);
-    let handle = match handler {
-        Handler::Async(handler) => {
-            let handler = Arc::clone(handler);
-            tokio::spawn(
-                async move {
-                    let _hold = hold;
-                    handler.run(ctx).await
-                }
-                .instrument(span),
-            )
-        }
-        Handler::Blocking(handler) => {
-            let handler = Arc::clone(handler);
-            tokio::task::spawn_blocking(move || {
-                let _hold = hold;
-                let _entered = span.enter();
-                handler.run(ctx)
-            })
-        }
-    };
+    shutdown: &CancellationToken,
+) -> (Ended, Interruptions) {
+    let abortable = matches!(body, Body::Async(_));
     let mut task = Supervised {
         handle,
-        cancellation,
+        cancel: cancel.clone(),
     };
-    let Some(limit) = timeout else {
-        return (Ended::from_join((&mut task.handle).await), None);
-    };
-    if let Ok(joined) = tokio::time::timeout(limit, &mut task.handle).await {
-        return (Ended::from_join(joined), None);
+    let mut interrupted = Interruptions::default();
+    let deadline = timeout.map(|limit| tokio::time::Instant::now() + limit);
+    let mut grace_ends: Option<tokio::time::Instant> = None;
+    loop {
+        let timer = async {
+            match deadline {
+                Some(at) if interrupted.timed_out.is_none() => tokio::time::sleep_until(at).await,
+                _ => std::future::pending().await,
+            }
+        };
+        let grace = async {
+            match grace_ends {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let shutting = async {
+            if interrupted.shut_down {
+                std::future::pending().await
+            } else {
+                shutdown.cancelled().await
+            }
+        };
+        tokio::select! {
+            joined = &mut task.handle => return (Ended::from_join(joined), interrupted),
+            () = timer => {
+                let limit = timeout.unwrap_or_default();
+                interrupted.timed_out = Some(limit);
+                cancel.cancel();
+                if abortable {
+                    tracing::warn!(limit = ?limit, "timed out: aborting the handler");
+                    task.handle.abort();
+                } else {
+                    tracing::warn!(
+                        limit = ?limit,
+                        "timed out: cancellation requested; waiting for the handler to stop (the lock stays held)"
+                    );
+                }
+            }
+            () = shutting => {
+                interrupted.shut_down = true;
+                if batched {
+                    tracing::info!("shutting down: finishing the batch in progress");
+                } else {
+                    tracing::info!("shutting down: cancelling the migration");
+                    cancel.cancel();
+                }
+                grace_ends = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+            }
+            () = grace => {
+                grace_ends = None;
+                tracing::warn!(grace = ?SHUTDOWN_GRACE, "shutting down: the handler did not stop in time; cancelling it");
+                cancel.cancel();
+                if abortable {
+                    task.handle.abort();
+                }
+            }
+        }
     }
-    task.cancellation.cancel();
-    if handler.is_blocking() {
-        // Blocking code cannot be interrupted. Releasing the lock now would
-        // let another instance start this migration while this one may still
-        // commit it, so the run waits; the handler's own result decides.
-        tracing::warn!(
-            limit = ?limit,
-            "timed out: cancellation requested; waiting for the blocking handler to return before going on (the lock stays held)"
-        );
-    } else {
-        tracing::warn!(limit = ?limit, "timed out: aborting the handler");
-        task.handle.abort();
-    }
-    (Ended::from_join((&mut task.handle).await), Some(limit))
 }
 
 /// The store's error on recording `what` of a migration, saying which

@@ -1,34 +1,37 @@
 //! Runs [waymark](https://docs.rs/waymark) data migrations: exactly once
-//! across processes, in ascending id order, with checkpoints, progress and a
-//! report.
+//! across processes, in ascending id order, with checkpoints, progress, a
+//! report, and background migrations that run while the application serves.
 //!
 //! - [`Runner`] and its [`RunnerBuilder`]: declare migrations with their
-//!   handlers, then [`run`](Runner::run) them at start-up (an `Err` when
-//!   anything failed), [`run_and_report`](Runner::run_and_report) them from
-//!   a tool that shows every outcome, or [`plan`](Runner::plan) what would run.
-//! - [`RunReport`]: one outcome per pending migration; prints as a table.
+//!   [`Handler`]s, then [`run`](Runner::run) them at start-up (an `Err` when
+//!   a required one failed), or [`plan`](Runner::plan) what would run.
+//! - [`Started`]: the [`RunReport`] of the required migrations and the
+//!   [`Background`] handle of the others.
 //! - [`RunEvent`]: what an [observer](RunnerBuilder::observer) hears, for
 //!   progress bars (done, total, rate, ETA).
-//! - [`batched`] and [`batched_blocking`]: resumable batched handlers on any
-//!   store (the store crates offer atomic ones).
 //!
-//! The runner works on any [`MigrationStore`](waymark_core::MigrationStore)
-//! and never names a backend.
+//! The runner works on any [`MigrationStore`](waymark_core::MigrationStore);
+//! atomic handlers need a store with transactions
+//! ([`AtomicStore`](waymark_core::store::AtomicStore)) and are typed by it.
 #![deny(missing_docs)]
 
-mod batched;
+mod background;
 mod builder;
+mod declare;
+mod drive;
 mod events;
 mod execute;
-mod human;
+mod handler;
 mod lock;
 mod plan;
 mod report;
 mod runner;
 
-pub use batched::{batched, batched_blocking};
-pub use builder::{DEFAULT_LOCK_WAIT, FailurePolicy, MissingHandler, RunnerBuilder};
+pub use background::{Background, BackgroundStatus};
+pub use builder::RunnerBuilder;
+pub use declare::{DEFAULT_LOCK_WAIT, FailurePolicy, UndeclaredPolicy};
 pub use events::{Progress, RunEvent};
-pub use plan::{HandlerKind, Plan, PlannedAction, PlannedMigration};
+pub use handler::{BlockingMigrationHandler, Handler, HandlerKind, MigrationHandler};
+pub use plan::{Plan, PlannedAction, PlannedMigration};
 pub use report::{Failure, FailureKind, MigrationOutcome, RunReport, SkipReason, Status};
-pub use runner::Runner;
+pub use runner::{Runner, Started};

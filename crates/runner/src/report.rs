@@ -4,10 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use waymark_core::{BoxError, Error, MigrationId};
-
-use crate::human::human;
-use waymark_core::{Align, TextTable};
+use waymark_core::render::{Align, TextTable, human_duration as human};
+use waymark_core::{BoxError, Error, MigrationId, error_chain};
 
 /// What one run did. Lists every migration that was pending when the run
 /// started, by ascending id; already executed migrations do not appear.
@@ -17,10 +15,11 @@ use waymark_core::{Align, TextTable};
 /// whenever the run itself worked, failures included:
 ///
 /// ```no_run
-/// # async fn status(runner: waymark_runner::Runner<()>) -> Result<(), waymark_core::Error> {
-/// let report = runner.run_and_report(()).await?;
-/// print!("{report}"); // every outcome, failures with their errors
-/// report.into_result()?; // then fail like `run` would
+/// # use waymark_core::MemoryStore;
+/// # async fn status(runner: waymark_runner::Runner<(), MemoryStore>) -> Result<(), waymark_core::Error> {
+/// let started = runner.run_and_report(()).await?;
+/// print!("{}", started.report()); // every outcome, failures with their errors
+/// started.into_report().into_result()?; // then fail like `run` would
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
@@ -62,8 +61,8 @@ impl RunReport {
         self.with(|status| matches!(status, Status::Executed))
     }
 
-    /// The migrations that failed (including a missing handler under
-    /// [`MissingHandler::Error`](crate::MissingHandler::Error)).
+    /// The migrations that failed (including an undeclared one under
+    /// [`UndeclaredPolicy::Fail`](crate::UndeclaredPolicy::Fail)).
     pub fn failures(&self) -> impl Iterator<Item = &MigrationOutcome> {
         self.with(|status| matches!(status, Status::Failed(_)))
     }
@@ -73,9 +72,33 @@ impl RunReport {
         self.with(|status| matches!(status, Status::Skipped(_)))
     }
 
-    /// The migrations another instance executed while this one waited.
+    /// The migrations another instance executed while this one waited, or
+    /// whose commit another run made first (this run's work rolled back).
     pub fn already_done(&self) -> impl Iterator<Item = &MigrationOutcome> {
         self.with(|status| matches!(status, Status::AlreadyDone))
+    }
+
+    /// The pending migrations this release does not declare, left pending
+    /// under [`UndeclaredPolicy::Warn`](crate::UndeclaredPolicy::Warn).
+    pub fn undeclared(&self) -> impl Iterator<Item = &MigrationOutcome> {
+        self.with(|status| matches!(status, Status::Undeclared))
+    }
+
+    /// The migrations stopped by the application's shutdown; they resume
+    /// where they stopped on the next run.
+    pub fn stopped(&self) -> impl Iterator<Item = &MigrationOutcome> {
+        self.with(|status| matches!(status, Status::Stopped))
+    }
+
+    /// Adds `other`'s outcomes (a later phase of the same run).
+    pub(crate) fn merge(&mut self, other: RunReport) {
+        self.outcomes.extend(other.outcomes);
+        self.outcomes.sort_by_key(|outcome| outcome.id);
+        self.lock_waited = match (self.lock_waited, other.lock_waited) {
+            (Some(a), Some(b)) => Some(a + b),
+            (a, b) => a.or(b),
+        };
+        self.elapsed = self.elapsed.max(other.elapsed);
     }
 
     fn with(&self, keep: fn(&Status) -> bool) -> impl Iterator<Item = &MigrationOutcome> {
@@ -84,10 +107,10 @@ impl RunReport {
             .filter(move |outcome| keep(&outcome.status))
     }
 
-    /// True when nothing failed. Skips chosen by
-    /// [`MissingHandler::Skip`](crate::MissingHandler::Skip) are not failures.
+    /// True when nothing failed and nothing was stopped. Undeclared
+    /// migrations left pending are not failures.
     pub fn is_success(&self) -> bool {
-        self.failures().next().is_none()
+        self.failures().next().is_none() && self.stopped().next().is_none()
     }
 
     /// True when nothing was pending.
@@ -113,31 +136,27 @@ impl RunReport {
     }
 
     /// The report when nothing failed, else [`Error::Handler`] for the
-    /// first failure (by id), its message noting how many others failed.
+    /// first failure (by id), whose source says what happened; else
+    /// [`Error::Stopped`] when the shutdown stopped a migration.
     pub fn into_result(mut self) -> Result<Self, Error> {
-        let others = self.failures().count().saturating_sub(1);
-        let Some(first) = self
+        let failed = self
             .outcomes
             .iter_mut()
-            .find(|outcome| matches!(outcome.status, Status::Failed(_)))
-        else {
-            return Ok(self);
-        };
-        let Status::Failed(failure) = &mut first.status else {
-            unreachable!("found by the same pattern");
-        };
-        let mut message = failure.message.clone();
-        if others > 0 {
-            message.push_str(&format!(
-                " (and {others} other migration{} failed)",
-                if others == 1 { "" } else { "s" }
-            ));
+            .find(|outcome| matches!(outcome.status, Status::Failed(_)));
+        if let Some(first) = failed {
+            let Status::Failed(failure) = &mut first.status else {
+                unreachable!("found by the same pattern");
+            };
+            let source = failure.take_source();
+            return Err(Error::Handler {
+                id: first.id,
+                source,
+            });
         }
-        Err(Error::Handler {
-            id: first.id.get(),
-            message,
-            source: failure.source.take(),
-        })
+        if let Some(stopped) = self.stopped().next() {
+            return Err(Error::Stopped { id: stopped.id });
+        }
+        Ok(self)
     }
 
     fn count(&self, keep: fn(&Status) -> bool) -> usize {
@@ -158,13 +177,10 @@ impl fmt::Display for RunReport {
                 (|s| matches!(s, Status::Executed)) as fn(&Status) -> bool,
             ),
             ("failed", |s| matches!(s, Status::Failed(_))),
-            ("skipped", |s| {
-                matches!(s, Status::Skipped(SkipReason::MissingHandler))
-            }),
-            ("not run", |s| {
-                matches!(s, Status::Skipped(SkipReason::EarlierFailure(_)))
-            }),
+            ("not run", |s| matches!(s, Status::Skipped(_))),
             ("already done", |s| matches!(s, Status::AlreadyDone)),
+            ("not declared", |s| matches!(s, Status::Undeclared)),
+            ("stopped", |s| matches!(s, Status::Stopped)),
         ] {
             let n = self.count(keep);
             if n > 0 {
@@ -192,7 +208,10 @@ impl fmt::Display for RunReport {
             ("duration", Align::Right),
         ]);
         for outcome in &self.outcomes {
-            let ran = matches!(outcome.status, Status::Executed | Status::Failed(_));
+            let ran = matches!(
+                outcome.status,
+                Status::Executed | Status::Failed(_) | Status::Stopped
+            );
             table.row(vec![
                 outcome.id.to_string(),
                 outcome.name.clone(),
@@ -265,8 +284,17 @@ pub enum Status {
     Failed(Failure),
     /// It was left pending without running.
     Skipped(SkipReason),
-    /// Another instance executed it while this run waited for the lock.
+    /// Another instance executed it: while this run waited for the lock, or
+    /// (after a lost lock) by committing first, in which case this run's
+    /// changes were rolled back.
     AlreadyDone,
+    /// This release does not declare it: left pending for the release that
+    /// does ([`UndeclaredPolicy::Warn`](crate::UndeclaredPolicy::Warn)).
+    Undeclared,
+    /// The application's shutdown stopped it at a batch boundary (or, for
+    /// a handler that is not batched, interrupted it); no attempt is
+    /// counted, and the next run resumes from its last checkpoint.
+    Stopped,
 }
 
 impl Status {
@@ -284,12 +312,12 @@ impl fmt::Display for Status {
                 FailureKind::Error => "failed",
                 FailureKind::Panic => "failed (panic)",
                 FailureKind::Timeout => "failed (timeout)",
-                FailureKind::MissingHandler => "failed (no handler)",
-                FailureKind::Cancelled => "failed (cancelled)",
+                FailureKind::Undeclared => "failed (not declared)",
             }),
-            Self::Skipped(SkipReason::MissingHandler) => f.write_str("skipped (no handler)"),
             Self::Skipped(SkipReason::EarlierFailure(id)) => write!(f, "not run ({id} failed)"),
             Self::AlreadyDone => f.write_str("already done"),
+            Self::Undeclared => f.write_str("not declared (left pending)"),
+            Self::Stopped => f.write_str("stopped (resumes next run)"),
         }
     }
 }
@@ -298,10 +326,7 @@ impl fmt::Display for Status {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SkipReason {
-    /// No handler is declared for it and the runner was built with
-    /// [`MissingHandler::Skip`](crate::MissingHandler::Skip).
-    MissingHandler,
-    /// An earlier migration (this id) failed under
+    /// An earlier migration of the same mode (this id) failed under
     /// [`FailurePolicy::Stop`](crate::FailurePolicy::Stop).
     EarlierFailure(MigrationId),
 }
@@ -316,16 +341,26 @@ pub enum FailureKind {
     Panic,
     /// The handler ran past its timeout.
     Timeout,
-    /// No handler is declared for it (under
-    /// [`MissingHandler::Error`](crate::MissingHandler::Error)); nothing ran
-    /// and no attempt is recorded.
-    MissingHandler,
-    /// The handler was stopped because the runtime shut down.
-    Cancelled,
+    /// This release does not declare it (under
+    /// [`UndeclaredPolicy::Fail`](crate::UndeclaredPolicy::Fail)); nothing
+    /// ran and no attempt is recorded.
+    Undeclared,
 }
 
-/// A failed migration: what kind of failure, the error chain as recorded in
-/// `last_error`, and the handler's own error when there is one.
+impl FailureKind {
+    /// `"error"`, `"panic"`, `"timeout"` or `"undeclared"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Panic => "panic",
+            Self::Timeout => "timeout",
+            Self::Undeclared => "undeclared",
+        }
+    }
+}
+
+/// A failed migration: what kind of failure, and its error, whose chain is
+/// what the store records as `last_error`.
 #[derive(Debug)]
 pub struct Failure {
     kind: FailureKind,
@@ -334,11 +369,13 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub(crate) fn new(kind: FailureKind, message: String, source: Option<BoxError>) -> Self {
+    /// `source` says what happened: the handler's own error, or one of
+    /// core's `HandlerPanicked`, `HandlerTimedOut`, `UndeclaredMigration`.
+    pub(crate) fn new(kind: FailureKind, source: BoxError) -> Self {
         Self {
             kind,
-            message,
-            source,
+            message: error_chain(&*source),
+            source: Some(source),
         }
     }
 
@@ -352,9 +389,16 @@ impl Failure {
         &self.message
     }
 
-    /// The handler's own error, when it returned one.
-    pub fn source(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+    /// The error itself (until [`RunReport::into_result`] moves it into the
+    /// returned [`Error::Handler`]).
+    pub fn error(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
         self.source.as_deref()
+    }
+
+    fn take_source(&mut self) -> BoxError {
+        self.source
+            .take()
+            .unwrap_or_else(|| waymark_core::Message(self.message.clone()).into())
     }
 }
 
@@ -373,11 +417,7 @@ mod tests {
     }
 
     fn failed(kind: FailureKind, message: &str) -> Status {
-        Status::Failed(Failure::new(
-            kind,
-            message.to_owned(),
-            Some(message.to_owned().into()),
-        ))
+        Status::Failed(Failure::new(kind, message.to_owned().into()))
     }
 
     fn mixed() -> RunReport {
@@ -497,13 +537,9 @@ errors:
         assert!(!report.is_success());
         assert_eq!(report.failures().count(), 3);
         match report.into_result() {
-            Err(Error::Handler {
-                id: 4,
-                message,
-                source,
-            }) => {
-                assert_eq!(message, "boom (and 2 other migrations failed)");
-                assert_eq!(source.unwrap().to_string(), "boom");
+            Err(Error::Handler { id, source }) => {
+                assert_eq!(id.get(), 4);
+                assert_eq!(source.to_string(), "boom");
             }
             other => panic!("expected the handler error of 4, got {other:?}"),
         }
@@ -516,7 +552,7 @@ errors:
             vec![MigrationOutcome::new(
                 id(1),
                 "a",
-                Status::Skipped(SkipReason::MissingHandler),
+                Status::Undeclared,
                 Duration::ZERO,
                 0,
             )],
@@ -530,13 +566,10 @@ errors:
     fn statuses_read_as_words() {
         assert_eq!(Status::Executed.to_string(), "executed");
         assert_eq!(
-            failed(FailureKind::MissingHandler, "x").to_string(),
-            "failed (no handler)"
+            failed(FailureKind::Undeclared, "x").to_string(),
+            "failed (not declared)"
         );
-        assert_eq!(
-            Status::Skipped(SkipReason::MissingHandler).to_string(),
-            "skipped (no handler)"
-        );
+        assert_eq!(Status::Undeclared.to_string(), "not declared (left pending)");
         assert!(failed(FailureKind::Timeout, "x").is_failure());
     }
 }

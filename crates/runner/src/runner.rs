@@ -1,4 +1,6 @@
-//! The run itself: fast path, registration, lock, ordered dispatch.
+//! The run itself: fast path, registration, one snapshot under the lock, the
+//! plan, and its execution, for required migrations; background ones are
+//! handed to [`background`](crate::background).
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -6,25 +8,24 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
-use waymark_core::{Error, Handler, Migration, MigrationDef, MigrationId, MigrationStore};
+use waymark_core::store::{LockGuard, LockScope};
+use waymark_core::{Error, Migration, MigrationDef, MigrationId, MigrationStore, Mode};
 
-use crate::builder::{FailurePolicy, MissingHandler, RunnerBuilder, Settings};
+use crate::background::{self, Background};
+use crate::declare::{Declared, Settings};
 use crate::events::{Events, RunEvent};
-use crate::execute::Job;
-use crate::lock;
-use crate::plan::Plan;
+use crate::execute::{Job, Stores};
+use crate::lock::{self, Waited};
+use crate::plan::{Plan, PlannedAction, PlannedMigration, StopRule};
 use crate::report::{Failure, FailureKind, MigrationOutcome, RunReport, SkipReason, Status};
-
-/// A declared migration: its definition, handler and own timeout.
-pub(crate) struct Declared<S> {
-    pub(crate) def: MigrationDef,
-    pub(crate) handler: Handler<S>,
-    pub(crate) timeout: Option<Duration>,
-}
 
 /// Runs an application's data migrations exactly once, in id order, on any
 /// [`MigrationStore`]. Build one with [`Runner::builder`]; cloning is cheap
 /// and clones share everything.
+///
+/// `S` is the application's state, handed to every handler; `St` the store,
+/// whose atomic handlers ([`RunnerBuilder::atomic`](crate::RunnerBuilder::atomic),
+/// [`batched`](crate::RunnerBuilder::batched)) receive its transactions.
 ///
 /// # What a run does
 ///
@@ -32,156 +33,173 @@ pub(crate) struct Declared<S> {
 ///    with the fingerprint of the declared set: when this exact set was
 ///    registered before and nothing is pending, the run returns at once,
 ///    without preparing, registering or locking.
-/// 2. Otherwise it [`prepare`](MigrationStore::prepare)s the store,
-///    [`register`](MigrationStore::register)s every declared migration and
-///    reads what is pending. Nothing pending, or nothing this runner has a
-///    handler for: it returns without the lock.
-/// 3. It takes the store's lock, waiting up to
-///    [`lock_wait`](RunnerBuilder::lock_wait) and logging while it waits,
-///    then reads the pending migrations again: another instance may have
-///    executed some meanwhile ([`Status::AlreadyDone`]). While another
-///    instance holds the lock, the run waits for it to let go
-///    ([`lock_or_wait`](MigrationStore::lock_or_wait)) and reads the store
-///    without taking the lock: when that instance ran everything this
-///    runner could run, the run reports it and returns, so replicas that
-///    start together finish together; otherwise it takes the lock and goes on.
-/// 4. It executes them by ascending id. Async handlers run on their own
-///    task, blocking handlers on a blocking thread, so the runtime keeps
-///    serving. A success is recorded with
-///    [`record_success`](MigrationStore::record_success) (unless an atomic
-///    handler recorded it in its own transaction); an error, a panic or a
-///    timeout with [`record_failure`](MigrationStore::record_failure) and the
-///    error chain. The [`FailurePolicy`] decides whether to go on.
-/// 5. The lock is released when the run ends, whichever way it ends.
+/// 2. **Prepare and register.** Otherwise it [`prepare`](MigrationStore::prepare)s
+///    the store and [`register`](MigrationStore::register)s every declared
+///    migration. When the database's write lock is busy because another
+///    instance runs a long migration, it waits for that run, as for the lock.
+/// 3. **Plan.** It reads the rows once and works out a [`Plan`]. With no
+///    required migration to run it takes no lock.
+/// 4. **Lock and snapshot.** It takes the run lock, waiting up to
+///    [`lock_wait`](crate::RunnerBuilder::lock_wait), and reads the rows once
+///    more under it: that snapshot is the plan it executes. Replicas that
+///    lose the race wait for the winner together
+///    ([`lock_or_wait`](MigrationStore::lock_or_wait)) and report what it did
+///    ([`Status::AlreadyDone`]) without taking the lock.
+/// 5. **Execute** the required migrations by ascending id. Async handlers run
+///    on their own task, blocking ones on a blocking thread, atomic ones in
+///    the store's transactions, so the runtime keeps serving. The
+///    [`FailurePolicy`](crate::FailurePolicy) decides whether to go on after
+///    a failure; pending rows this release does not declare are left pending
+///    and reported (or fail, under [`UndeclaredPolicy::Fail`](crate::UndeclaredPolicy::Fail)).
+/// 6. **Background.** Background migrations ([`Mode::Background`]) then run
+///    on a task of their own, under a separate lock, while the application
+///    serves; the returned [`Started`] reports them.
 ///
 /// # Results
 ///
-/// [`run`](Self::run) returns `Err` when anything failed, a migration
-/// included, so `runner.run(state).await?` stops an application's start-up.
-/// [`run_and_report`](Self::run_and_report) returns the [`RunReport`] of
-/// every outcome whenever the run itself worked, for tools that show them.
+/// [`run`](Self::run) returns `Err` when a required migration failed, so
+/// `runner.run(state).await?` stops an application's start-up.
+/// [`run_and_report`](Self::run_and_report) returns every outcome whenever
+/// the run itself worked, for tools that show them.
 ///
-/// # Timeouts
+/// # Timeouts and shutdown
 ///
-/// When a migration's timeout passes, its context's cancellation fires.
-/// An async handler is then aborted at its next `.await` (an atomic
-/// handler's open transaction rolls back as it is dropped) and the failure
-/// is recorded. A blocking handler cannot be interrupted: the run waits for
-/// it to return, keeping the lock, because releasing the lock while it may
-/// still commit would let another instance run the same migration. Its own
-/// result then decides: an error (such as
-/// [`Cancelled`](waymark_core::Cancelled) from a batched loop) is recorded as
-/// a timeout failure; a success is recorded as executed, with a warning, so
-/// that finished work never runs twice.
-///
-/// If the run itself is dropped half-way (a shutdown `select!`), the running
-/// handler is cancelled and, if async, aborted; a blocking one keeps the
-/// lock until it returns.
+/// When a migration's timeout passes, its context's cancellation fires. A
+/// plain async handler is then aborted at its next `.await`; any other is
+/// waited for, keeping the lock, because releasing the lock while it may
+/// still commit would let another instance run the same migration (atomic
+/// stores interrupt a running statement when cancelled). The application's
+/// shutdown token ([`RunnerBuilder::shutdown`](crate::RunnerBuilder::shutdown))
+/// stops batched migrations at the next batch boundary and cancels the
+/// others; the next run resumes where they stopped.
 ///
 /// # Example
 ///
 /// ```
-/// use std::sync::Arc;
-/// use waymark_core::{BoxError, Handler, MemoryStore, MigrationContext, MigrationDef};
-/// use waymark_runner::Runner;
+/// use waymark_core::{MemoryStore, MigrationContext, MigrationDef};
+/// use waymark_runner::{Handler, Runner};
 ///
 /// struct App { greeting: String }
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-/// let runner = Runner::<App>::builder(MemoryStore::new())
+/// let runner = Runner::builder(MemoryStore::new())
 ///     .migration(
 ///         MigrationDef::new(2, "fill_pace", "Derive pace streams from speed")?,
 ///         Handler::async_fn(|ctx: MigrationContext<App>| async move {
 ///             ctx.report_progress(1, Some(1));
-///             Ok::<(), BoxError>(())
+///             Ok::<(), std::io::Error>(())
 ///         }),
 ///     )
 ///     .migration(
 ///         MigrationDef::new(1, "lap_averages", "Recompute lap averages")?,
 ///         Handler::blocking_fn(|ctx: MigrationContext<App>| {
 ///             assert_eq!(ctx.state().greeting, "hi"); // on a blocking thread
-///             Ok(())
+///             Ok::<(), std::io::Error>(())
 ///         }),
 ///     )
 ///     .build()?;
 ///
-/// let report = runner.run(App { greeting: "hi".into() }).await?;
-/// assert_eq!(report.executed().count(), 2);
+/// let started = runner.run(App { greeting: "hi".into() }).await?;
+/// assert_eq!(started.report().executed().count(), 2);
 ///
 /// // Next start-up: one query, nothing to do.
 /// let again = runner.run(App { greeting: "hi".into() }).await?;
-/// assert!(again.was_settled());
+/// assert!(again.report().was_settled());
 /// # Ok::<(), waymark_core::Error>(())
 /// # }).unwrap();
 /// ```
-pub struct Runner<S> {
-    inner: Arc<Inner<S>>,
+pub struct Runner<S, St> {
+    pub(crate) inner: Arc<Inner<S, St>>,
 }
 
-struct Inner<S> {
-    store: Arc<dyn MigrationStore>,
+pub(crate) struct Inner<S, St> {
+    pub(crate) stores: Stores<St>,
     /// By ascending id.
-    declared: Vec<Declared<S>>,
-    by_id: HashMap<MigrationId, usize>,
-    defs: Vec<MigrationDef>,
-    fingerprint: String,
-    settings: Settings,
-    events: Events,
+    pub(crate) declared: Vec<Declared<S, St>>,
+    pub(crate) by_id: HashMap<MigrationId, usize>,
+    pub(crate) defs: Vec<MigrationDef>,
+    pub(crate) fingerprint: String,
+    pub(crate) settings: Settings,
 }
 
-impl<S: Send + Sync + 'static> Runner<S> {
-    /// Starts building a runner on `store`: a store value, an `Arc` of one,
-    /// or an `Arc<dyn MigrationStore>`.
-    pub fn builder(store: impl MigrationStore) -> RunnerBuilder<S> {
-        RunnerBuilder::new(Arc::new(store))
+/// What [`Runner::run`] returns once the required migrations are done: their
+/// report, and the handle of the background ones.
+#[derive(Debug)]
+#[must_use = "the background migrations keep running; `finish` waits for them"]
+pub struct Started {
+    report: RunReport,
+    background: Background,
+}
+
+impl Started {
+    /// What the run did with the required migrations (and the undeclared rows).
+    pub fn report(&self) -> &RunReport {
+        &self.report
     }
 
-    pub(crate) fn new(
-        store: Arc<dyn MigrationStore>,
-        mut declared: Vec<Declared<S>>,
-        settings: Settings,
-        events: Events,
-    ) -> Self {
-        declared.sort_by_key(|d| d.def.id());
-        let defs: Vec<MigrationDef> = declared.iter().map(|d| d.def.clone()).collect();
-        let by_id = defs.iter().enumerate().map(|(i, d)| (d.id(), i)).collect();
-        Self {
-            inner: Arc::new(Inner {
-                store,
-                fingerprint: MigrationDef::fingerprint(&defs),
-                declared,
-                by_id,
-                defs,
-                settings,
-                events,
-            }),
+    /// The report, leaving the background migrations to run on.
+    pub fn into_report(self) -> RunReport {
+        self.report
+    }
+
+    /// The background migrations: their status, for readiness and health
+    /// endpoints, and a way to wait for them. Cloning it is cheap; dropping
+    /// it does not stop them (the shutdown token does).
+    pub fn background(&self) -> &Background {
+        &self.background
+    }
+
+    /// Waits for the background migrations and returns the whole run's
+    /// report, failures included.
+    ///
+    /// # Errors
+    /// What the background phase met that is not a migration's outcome:
+    /// the store failing, the lock timing out.
+    pub async fn wait(self) -> Result<RunReport, Error> {
+        let mut report = self.report;
+        if let Some(background) = self.background.report().await {
+            report.merge(background?);
         }
+        Ok(report)
     }
 
-    /// Runs every pending migration with the application's `state` (a
-    /// value or an `Arc` of it); see [`Runner`] for the steps. Safe to call
-    /// with `?` at start-up: a failed migration is an error.
+    /// [`wait`](Self::wait), then `Err` if any migration failed or was
+    /// stopped ([`RunReport::into_result`]).
+    pub async fn finish(self) -> Result<RunReport, Error> {
+        self.wait().await?.into_result()
+    }
+}
+
+impl<S: Send + Sync + 'static, St: MigrationStore + Clone> Runner<S, St> {
+    /// Runs the required migrations with the application's `state` (a value
+    /// or an `Arc` of it), then starts the background ones; see [`Runner`]
+    /// for the steps. Safe to call with `?` at start-up: a failed required
+    /// migration is an error.
     ///
     /// Must run inside a Tokio runtime with time enabled (as
     /// `#[tokio::main]` builds).
     ///
     /// # Errors
-    /// [`Error::Handler`] when a migration failed (a handler error, panic or
-    /// timeout, or a missing handler under [`MissingHandler::Error`]): the
-    /// first failure by id, its message counting any others. The run has
-    /// finished by then, under its [`FailurePolicy`], and released the lock;
-    /// each outcome is logged. Use [`run_and_report`](Self::run_and_report)
-    /// to get the full report of a run with failures.
-    ///
+    /// [`Error::Handler`] when a required migration failed (its handler's
+    /// error, a panic or a timeout, or an undeclared row under
+    /// [`UndeclaredPolicy::Fail`](crate::UndeclaredPolicy::Fail)): the first
+    /// failure by id. The run has finished by then, under its
+    /// [`FailurePolicy`](crate::FailurePolicy), and released the lock; each
+    /// outcome is logged. [`Error::Stopped`] when the shutdown stopped it.
     /// Otherwise as [`run_and_report`](Self::run_and_report).
-    pub async fn run(&self, state: impl Into<Arc<S>>) -> Result<RunReport, Error> {
-        self.run_and_report(state).await?.into_result()
+    pub async fn run(&self, state: impl Into<Arc<S>>) -> Result<Started, Error> {
+        let Started { report, background } = self.run_and_report(state).await?;
+        Ok(Started {
+            report: report.into_result()?,
+            background,
+        })
     }
 
-    /// Runs every pending migration like [`run`](Self::run), but returns
-    /// `Ok` whenever the run itself worked, failed migrations included: for
-    /// tools that show every outcome (a CLI's table). Check
-    /// [`RunReport::is_success`] or call [`RunReport::into_result`].
+    /// Runs like [`run`](Self::run), but returns `Ok` whenever the run
+    /// itself worked, failed migrations included: for tools that show every
+    /// outcome. Check [`RunReport::is_success`] or call
+    /// [`RunReport::into_result`]. Background migrations start only when no
+    /// required one failed.
     ///
     /// # Errors
     /// [`Error::LockTimeout`] when another instance held the lock for the
@@ -189,7 +207,7 @@ impl<S: Send + Sync + 'static> Runner<S> {
     /// another name; [`Error::Store`] when the database fails (including
     /// while recording an outcome: the run stops there);
     /// [`Error::Invalid`] outside a Tokio runtime.
-    pub async fn run_and_report(&self, state: impl Into<Arc<S>>) -> Result<RunReport, Error> {
+    pub async fn run_and_report(&self, state: impl Into<Arc<S>>) -> Result<Started, Error> {
         let started = Instant::now();
         // Stores and the runner use Tokio's timers and blocking threads:
         // say so plainly rather than let a store panic on a missing reactor.
@@ -199,40 +217,44 @@ impl<S: Send + Sync + 'static> Runner<S> {
                 "the runner must be called inside a Tokio runtime",
             ));
         }
-        let inner = &*self.inner;
-        if inner.store.is_settled(&inner.fingerprint).await? {
+        let inner = &self.inner;
+        if inner.stores.concrete.is_settled(&inner.fingerprint).await? {
             tracing::debug!("migrations settled: nothing pending");
-            return Ok(RunReport::new(Vec::new(), true, None, started.elapsed()));
+            return Ok(Started {
+                report: RunReport::new(Vec::new(), true, None, started.elapsed()),
+                background: Background::finished(),
+            });
         }
         let state = state.into();
-        inner
-            .run_pending(state, started)
+        let (report, background_pending) = inner
+            .required(&state, started)
             .instrument(tracing::info_span!("waymark.run"))
-            .await
+            .await?;
+        let background = if background_pending && report.is_success() {
+            background::start(Arc::clone(inner), state)
+        } else {
+            Background::finished()
+        };
+        Ok(Started { report, background })
     }
 
     /// What a run would do now, in order, without running anything.
     ///
-    /// It never registers, locks or runs a handler, and writes nothing to a
-    /// store whose tracking table exists. Only when the store cannot be read
-    /// (typically a database without the table yet) does it
-    /// [`prepare`](MigrationStore::prepare) it, as a run would, and read again.
+    /// It reads the tracked rows once and never creates, alters, registers
+    /// or locks anything: on a database without the tracking table yet it
+    /// plans from no rows (every declared migration new).
     ///
     /// # Errors
     /// [`Error::Conflict`] when a declared id is tracked under another name
     /// (the run would fail the same way); [`Error::Store`] when the store
     /// cannot be read.
     pub async fn plan(&self) -> Result<Plan, Error> {
-        let store = &self.inner.store;
-        let rows = match store.list().await {
+        let rows = match self.inner.stores.concrete.list().await {
             Ok(rows) => rows,
-            Err(err) => {
-                tracing::debug!(error = %err, "cannot read the store; preparing it and reading again");
-                store.prepare().await?;
-                store.list().await?
-            }
+            Err(Error::NotInitialised { .. }) => Vec::new(),
+            Err(err) => return Err(err),
         };
-        Plan::compute(rows, &self.inner.declared, &self.inner.settings)
+        Plan::compute(&rows, &self.inner.declared, &self.inner.settings)
     }
 
     /// The declared migrations, by ascending id.
@@ -241,258 +263,350 @@ impl<S: Send + Sync + 'static> Runner<S> {
     }
 
     /// The store the runner works on.
-    pub fn store(&self) -> &Arc<dyn MigrationStore> {
-        &self.inner.store
-    }
-
-    #[cfg(test)]
-    pub(crate) fn settings(&self) -> &Settings {
-        &self.inner.settings
+    pub fn store(&self) -> &St {
+        &self.inner.stores.concrete
     }
 }
 
-impl<S: Send + Sync + 'static> Inner<S> {
-    /// Registers the declared set. A store can refuse the write while
-    /// another instance runs a long atomic migration that holds the
-    /// database's write lock (SQLite's busy timeout is seconds, such a
-    /// migration can take minutes): then wait for that run to end, as for
-    /// the lock, and try once more.
-    async fn register(&self, store: &dyn MigrationStore) -> Result<(), Error> {
-        let first = match store.register(&self.defs).await {
-            Err(err @ Error::Store { .. }) => err,
-            other => return other,
-        };
-        tracing::info!(error = %first, "registering failed; waiting for any running migration to end, then trying again");
-        let (guard, _) =
-            lock::acquire_or_wait(store, self.settings.lock_wait, &self.events).await?;
-        store.register(&self.defs).await?;
-        drop(guard);
-        Ok(())
+impl<S: Send + Sync + 'static, St: MigrationStore + Clone> Inner<S, St> {
+    fn store(&self) -> &dyn MigrationStore {
+        &*self.stores.shared
     }
 
-    async fn run_pending(&self, state: Arc<S>, started: Instant) -> Result<RunReport, Error> {
-        let store = &*self.store;
-        store.prepare().await?;
-        self.register(store).await?;
-        let before = store.pending().await?;
-        if before.is_empty() {
-            tracing::debug!("nothing pending");
-            return Ok(RunReport::new(Vec::new(), false, None, started.elapsed()));
-        }
-        if !before.iter().any(|row| self.by_id.contains_key(&row.id)) {
+    /// Steps 2 to 5 of a run. Also says whether background migrations were
+    /// left to run.
+    async fn required(
+        &self,
+        state: &Arc<S>,
+        started: Instant,
+    ) -> Result<(RunReport, bool), Error> {
+        self.prepare_and_register().await?;
+        let before = self.store().list().await?;
+        let plan = Plan::compute(&before, &self.declared, &self.settings)?;
+        let background = plan.runs(Mode::Background);
+        if !plan.runs(Mode::Required) {
             // Nothing here could be executed, so there is nothing to guard.
-            let outcomes = self.dispatch_without_handlers(before);
-            return Ok(RunReport::new(outcomes, false, None, started.elapsed()));
+            let outcomes = self.report_only(&plan);
+            return Ok((
+                RunReport::new(outcomes, false, None, started.elapsed()),
+                background,
+            ));
         }
 
-        tracing::debug!(pending = before.len(), "taking the migration lock");
+        tracing::debug!(pending = plan.len(), "taking the migration lock");
         let wait = self.settings.lock_wait;
-        let (guard, waited) = match lock::acquire_or_wait(store, wait, &self.events).await? {
-            (Some(guard), waited) => (guard, waited),
-            (None, waited) => {
-                // Another instance held the lock and has let it go: see what
-                // it left. Every instance that lost the race gets here at
-                // once, so none has to take the lock to find nothing to do.
-                // One read gives both what is left and the attempts of
-                // what the other instance did.
-                let rows = store.list().await?;
-                let left: Vec<Migration> =
-                    rows.iter().filter(|row| !row.executed).cloned().collect();
-                if !left.iter().any(|row| self.by_id.contains_key(&row.id)) {
-                    tracing::info!(waited = ?waited, "another instance ran the pending migrations");
-                    let mut outcomes = self.done_by_another(&before, &left, rows)?;
-                    outcomes.extend(self.dispatch_without_handlers(left));
-                    return Ok(RunReport::new(
-                        outcomes,
-                        false,
-                        Some(waited),
-                        started.elapsed(),
-                    ));
-                }
-                // It stopped short (a failure, or it knew fewer migrations):
-                // run what is left under the lock.
-                let (guard, more) =
-                    lock::acquire(store, wait.saturating_sub(waited), &self.events).await?;
-                (guard, waited + more)
-            }
-        };
-        let guard = Arc::new(guard);
-        let mut pending = store.pending().await?;
-        // Stores promise id order; sorting again costs nothing and makes
-        // ordering this function's guarantee too.
-        pending.sort_by_key(|row| row.id);
-        tracing::info!(waited = ?waited, pending = pending.len(), "holding the migration lock");
-        let count = pending.len();
-        self.events
-            .emit(|| RunEvent::LockAcquired { waited, count });
-
-        let mut outcomes = self.already_done(&before, &pending).await?;
-        let mut stopped_by = None;
-        for (index, row) in pending.into_iter().enumerate() {
-            let outcome = if let Some(by) = stopped_by {
-                self.skip(row, SkipReason::EarlierFailure(by))
-            } else {
-                match self.by_id.get(&row.id).map(|&i| &self.declared[i]) {
-                    None => self.missing_handler(row),
-                    Some(declared) => {
-                        // A lock tied to a database session can be lost
-                        // (the session terminated): never start a
-                        // migration without it.
-                        guard.check()?;
-                        Job {
-                            row,
-                            handler: &declared.handler,
-                            timeout: declared.timeout.or(self.settings.timeout),
-                            state: &state,
-                            store: &self.store,
-                            guard: &guard,
-                            events: &self.events,
-                            position: index + 1,
-                            count,
-                        }
-                        .execute()
+        let events = &self.settings.events;
+        let shutdown = &self.settings.shutdown;
+        let (guard, waited) =
+            match lock::acquire_or_wait(self.store(), LockScope::Run, wait, events, shutdown)
+                .await?
+            {
+                Waited::ShutDown => return Err(self.stopped_before(&plan)),
+                Waited::Done(Some(guard), waited) => (guard, waited),
+                Waited::Done(None, waited) => {
+                    // Another instance held the lock and has let it go: see
+                    // what it left. Every instance that lost the race gets
+                    // here at once, so none has to take the lock to find
+                    // nothing to do.
+                    let rows = self.store().list().await?;
+                    let left = Plan::compute(&rows, &self.declared, &self.settings)?;
+                    if !left.runs(Mode::Required) {
+                        tracing::info!(waited = ?waited, "another instance ran the pending migrations");
+                        let mut outcomes = self.done_by_another(&plan, &left, &rows);
+                        outcomes.extend(self.report_only(&left));
+                        let report =
+                            RunReport::new(outcomes, false, Some(waited), started.elapsed());
+                        return Ok((report, left.runs(Mode::Background)));
+                    }
+                    // It stopped short (a failure, or it knew fewer
+                    // migrations): run what is left under the lock.
+                    let rest = wait.saturating_sub(waited);
+                    match lock::acquire(self.store(), LockScope::Run, rest, events, shutdown)
                         .await?
+                    {
+                        Waited::ShutDown => return Err(self.stopped_before(&left)),
+                        Waited::Done(guard, more) => (guard, waited + more),
                     }
                 }
             };
-            if outcome.status.is_failure() && self.settings.failure_policy == FailurePolicy::Stop {
-                stopped_by = Some(outcome.id);
-            }
-            outcomes.push(outcome);
-        }
-        drop(guard);
+
+        // The one snapshot under the lock: what this run executes.
+        let rows = self.store().list().await?;
+        let now = Plan::compute(&rows, &self.declared, &self.settings)?;
+        let count = now
+            .steps()
+            .iter()
+            .filter(|step| step.action == PlannedAction::Run && step.mode == Some(Mode::Required))
+            .count();
+        tracing::info!(waited = ?waited, pending = count, "holding the migration lock");
+        events.emit(|| RunEvent::LockAcquired { waited, count });
+        let mut outcomes = self.done_by_another(&plan, &now, &rows);
+        outcomes.extend(
+            self.execute(&now, &rows, Queue::Required, state, guard, events)
+                .await?,
+        );
         let report = RunReport::new(outcomes, false, Some(waited), started.elapsed());
         tracing::info!(
             executed = report.executed().count(),
             failed = report.failures().count(),
             "migration run finished"
         );
-        Ok(report)
+        Ok((report, now.runs(Mode::Background)))
     }
 
-    /// Outcomes when no pending migration has a handler here: only missing
-    /// handlers to report, in order, under the failure policy.
-    fn dispatch_without_handlers(&self, pending: Vec<Migration>) -> Vec<MigrationOutcome> {
-        let mut stopped_by = None;
-        pending
-            .into_iter()
-            .map(|row| {
-                if let Some(by) = stopped_by {
-                    return self.skip(row, SkipReason::EarlierFailure(by));
+    /// Prepares the store and registers the declared set. A store refuses
+    /// writes with [`Error::Busy`] while another instance runs a long atomic
+    /// migration that holds the database's write lock (SQLite's busy timeout
+    /// is seconds, such a migration can take minutes): then wait for that
+    /// run to end, as for the lock, and try again, until the lock wait is
+    /// used up.
+    async fn prepare_and_register(&self) -> Result<(), Error> {
+        let deadline = Instant::now() + self.settings.lock_wait;
+        loop {
+            let result = match self.store().prepare().await {
+                Ok(()) => self.store().register(&self.defs).await,
+                Err(err) => Err(err),
+            };
+            let err = match result {
+                Err(err @ Error::Busy { .. }) if Instant::now() < deadline => err,
+                other => return other,
+            };
+            tracing::info!(error = %err, "the database is busy; waiting for any running migration to end, then trying again");
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lock::acquire_or_wait(
+                self.store(),
+                LockScope::Run,
+                left,
+                &self.settings.events,
+                &self.settings.shutdown,
+            )
+            .await?
+            {
+                Waited::ShutDown => return Err(err),
+                // Nobody held the run lock: the write lock belongs to a
+                // background migration or another program; pause briefly.
+                Waited::Done(Some(guard), _) => {
+                    drop(guard);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                let outcome = self.missing_handler(row);
-                if outcome.status.is_failure()
-                    && self.settings.failure_policy == FailurePolicy::Stop
-                {
-                    stopped_by = Some(outcome.id);
-                }
-                outcome
-            })
-            .collect()
-    }
-
-    /// Migrations pending before the lock and not after it: another
-    /// instance executed them while this one waited.
-    async fn already_done(
-        &self,
-        before: &[Migration],
-        pending: &[Migration],
-    ) -> Result<Vec<MigrationOutcome>, Error> {
-        let still: HashSet<MigrationId> = pending.iter().map(|row| row.id).collect();
-        if before.iter().all(|row| still.contains(&row.id)) {
-            return Ok(Vec::new());
+                Waited::Done(None, _) => {}
+            }
         }
-        // One read for the exact attempts of them all, not one per row:
-        // after a contended start every instance but one comes here.
-        let rows = self.store.list().await?;
-        self.done_by_another(before, pending, rows)
     }
 
-    /// The outcomes of the migrations pending in `before` and not in
-    /// `pending`, with their attempts as `rows` (every tracked row) has them.
-    fn done_by_another(
+    /// Executes the steps of `queue` in `plan` (made from `rows`) under the
+    /// lock `guard`, by ascending id.
+    pub(crate) async fn execute(
         &self,
-        before: &[Migration],
-        pending: &[Migration],
-        rows: Vec<Migration>,
+        plan: &Plan,
+        rows: &[Migration],
+        queue: Queue,
+        state: &Arc<S>,
+        guard: LockGuard,
+        events: &Events,
     ) -> Result<Vec<MigrationOutcome>, Error> {
-        let still: HashSet<MigrationId> = pending.iter().map(|row| row.id).collect();
-        let mut now: HashMap<MigrationId, Migration> =
-            rows.into_iter().map(|row| (row.id, row)).collect();
-        let mut outcomes = Vec::new();
-        for row in before.iter().filter(|row| !still.contains(&row.id)) {
-            let now = now
-                .remove(&row.id)
-                .ok_or(Error::NotFound { id: row.id.get() })?;
-            tracing::info!(id = row.id.get(), name = %row.name, "already executed by another instance");
-            self.events.emit(|| RunEvent::AlreadyDone {
-                id: row.id,
-                name: Arc::from(row.name.as_str()),
-            });
-            outcomes.push(MigrationOutcome::new(
-                row.id,
-                now.name,
-                Status::AlreadyDone,
-                Duration::ZERO,
-                now.attempts,
-            ));
+        let guard = Arc::new(guard);
+        let rows: HashMap<MigrationId, &Migration> = rows.iter().map(|row| (row.id, row)).collect();
+        let steps: Vec<&PlannedMigration> = plan
+            .steps()
+            .iter()
+            .filter(|step| queue.contains(step))
+            .collect();
+        let count = steps
+            .iter()
+            .filter(|step| step.action == PlannedAction::Run)
+            .count();
+        let mut stop = StopRule::new(self.settings.failure_policy);
+        let mut outcomes = Vec::with_capacity(steps.len());
+        let mut position = 0;
+        for step in steps {
+            let outcome = if let Some(by) = stop.stopped_by() {
+                self.skip(step, SkipReason::EarlierFailure(by))
+            } else {
+                match step.action {
+                    PlannedAction::Run if self.settings.shutdown.is_cancelled() => {
+                        self.stopped(step)
+                    }
+                    PlannedAction::Run => {
+                        let (Some(&index), Some(&row)) =
+                            (self.by_id.get(&step.id), rows.get(&step.id))
+                        else {
+                            return Err(Error::NotFound { id: step.id });
+                        };
+                        // A lock tied to a database session can be lost (the
+                        // session terminated): never start a migration without it.
+                        guard.check()?;
+                        position += 1;
+                        let declared = &self.declared[index];
+                        Job {
+                            row: row.clone(),
+                            handler: &declared.handler,
+                            timeout: declared.timeout(&self.settings),
+                            state,
+                            stores: &self.stores,
+                            guard: &guard,
+                            events,
+                            shutdown: &self.settings.shutdown,
+                            position,
+                            count,
+                        }
+                        .execute()
+                        .await?
+                    }
+                    _ => self.not_run(step),
+                }
+            };
+            stop.after(outcome.id, outcome.status.is_failure());
+            outcomes.push(outcome);
         }
         Ok(outcomes)
     }
 
-    /// A pending migration with no declared handler: never silent.
-    fn missing_handler(&self, row: Migration) -> MigrationOutcome {
-        match self.settings.missing_handler {
-            MissingHandler::Skip => {
-                tracing::warn!(id = row.id.get(), name = %row.name, "pending migration has no handler; skipped (it stays pending)");
-                self.skip(row, SkipReason::MissingHandler)
-            }
-            MissingHandler::Error => {
-                let message = format!(
-                    "no handler is declared for pending migration {} {:?} (registered by another version of the application?)",
-                    row.id, row.name
-                );
-                tracing::error!(id = row.id.get(), name = %row.name, "{message}");
-                self.events.emit(|| RunEvent::Failed {
-                    id: row.id,
-                    name: Arc::from(row.name.as_str()),
-                    duration: Duration::ZERO,
-                    kind: FailureKind::MissingHandler,
-                    error: message.clone(),
-                });
-                // Nothing ran, so no attempt is recorded in the store.
-                let failure = Failure::new(FailureKind::MissingHandler, message, None);
-                MigrationOutcome::new(
-                    row.id,
-                    row.name,
-                    Status::Failed(failure),
-                    Duration::ZERO,
-                    row.attempts,
-                )
-            }
+    /// Outcomes of the required queue when nothing in it runs here:
+    /// undeclared rows to report, under the failure policy.
+    fn report_only(&self, plan: &Plan) -> Vec<MigrationOutcome> {
+        plan.steps()
+            .iter()
+            .filter(|step| Queue::Required.contains(step) && step.action != PlannedAction::Run)
+            .map(|step| self.not_run(step))
+            .collect()
+    }
+
+    /// The outcome of a step this run does not execute.
+    fn not_run(&self, step: &PlannedMigration) -> MigrationOutcome {
+        match step.action {
+            PlannedAction::NotRun(by) => self.skip(step, SkipReason::EarlierFailure(by)),
+            PlannedAction::FailUndeclared => self.fail_undeclared(step),
+            _ => self.leave_undeclared(step),
         }
     }
 
-    fn skip(&self, row: Migration, reason: SkipReason) -> MigrationOutcome {
-        if let SkipReason::EarlierFailure(by) = reason {
-            tracing::info!(id = row.id.get(), name = %row.name, failed = by.get(), "not run: an earlier migration failed");
-        }
-        self.events.emit(|| RunEvent::Skipped {
-            id: row.id,
-            name: Arc::from(row.name.as_str()),
+    /// A pending row this release does not declare, left pending: loudly.
+    fn leave_undeclared(&self, step: &PlannedMigration) -> MigrationOutcome {
+        tracing::warn!(
+            id = step.id.get(),
+            name = %step.name,
+            "pending migration not declared by this release (registered by a newer release or by hand): left pending"
+        );
+        self.settings.events.emit(|| RunEvent::Undeclared {
+            id: step.id,
+            name: Arc::from(step.name.as_str()),
+        });
+        outcome(step, Status::Undeclared)
+    }
+
+    /// A pending row this release does not declare, under the strict policy.
+    fn fail_undeclared(&self, step: &PlannedMigration) -> MigrationOutcome {
+        let failure = Failure::new(
+            FailureKind::Undeclared,
+            waymark_core::UndeclaredMigration {
+                name: step.name.clone(),
+            }
+            .into(),
+        );
+        tracing::error!(id = step.id.get(), name = %step.name, error = %failure.message(), "migration failed");
+        self.settings.events.emit(|| RunEvent::Failed {
+            id: step.id,
+            name: Arc::from(step.name.as_str()),
+            duration: Duration::ZERO,
+            kind: FailureKind::Undeclared,
+            error: failure.message().to_owned(),
+        });
+        // Nothing ran, so no attempt is recorded in the store.
+        outcome(step, Status::Failed(failure))
+    }
+
+    fn skip(&self, step: &PlannedMigration, reason: SkipReason) -> MigrationOutcome {
+        let SkipReason::EarlierFailure(by) = reason;
+        tracing::info!(id = step.id.get(), name = %step.name, failed = by.get(), "not run: an earlier migration failed");
+        self.settings.events.emit(|| RunEvent::Skipped {
+            id: step.id,
+            name: Arc::from(step.name.as_str()),
             reason,
         });
-        MigrationOutcome::new(
-            row.id,
-            row.name,
-            Status::Skipped(reason),
-            Duration::ZERO,
-            row.attempts,
-        )
+        outcome(step, Status::Skipped(reason))
+    }
+
+    fn stopped(&self, step: &PlannedMigration) -> MigrationOutcome {
+        self.settings.events.emit(|| RunEvent::Stopped {
+            id: step.id,
+            name: Arc::from(step.name.as_str()),
+        });
+        outcome(step, Status::Stopped)
+    }
+
+    /// The error of a run the shutdown stopped before it took the lock.
+    fn stopped_before(&self, plan: &Plan) -> Error {
+        let id = plan
+            .steps()
+            .iter()
+            .find(|step| step.action == PlannedAction::Run)
+            .map(|step| step.id);
+        match id {
+            Some(id) => Error::Stopped { id },
+            None => Error::invalid("shutdown", "the run was stopped before it started"),
+        }
+    }
+
+    /// Migrations that `before` would have run and `now` no longer has
+    /// pending: another instance executed them meanwhile. `rows` is the
+    /// snapshot `now` was made from, for their attempts.
+    pub(crate) fn done_by_another(
+        &self,
+        before: &Plan,
+        now: &Plan,
+        rows: &[Migration],
+    ) -> Vec<MigrationOutcome> {
+        let still: HashSet<MigrationId> = now.steps().iter().map(|step| step.id).collect();
+        let attempts: HashMap<MigrationId, u32> =
+            rows.iter().map(|row| (row.id, row.attempts)).collect();
+        before
+            .steps()
+            .iter()
+            .filter(|step| step.action == PlannedAction::Run && !still.contains(&step.id))
+            .map(|step| {
+                tracing::info!(id = step.id.get(), name = %step.name, "already executed by another instance");
+                self.settings.events.emit(|| RunEvent::AlreadyDone {
+                    id: step.id,
+                    name: Arc::from(step.name.as_str()),
+                });
+                let mut done = outcome(step, Status::AlreadyDone);
+                done.attempts = attempts.get(&step.id).copied().unwrap_or(step.attempts);
+                done
+            })
+            .collect()
     }
 }
 
-impl<S> Clone for Runner<S> {
+/// Which of a plan's steps a phase of the run handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Queue {
+    /// Required migrations, and the rows this release does not declare.
+    Required,
+    /// Background migrations.
+    Background,
+}
+
+impl Queue {
+    pub(crate) fn contains(self, step: &PlannedMigration) -> bool {
+        match self {
+            Self::Required => step.mode != Some(Mode::Background),
+            Self::Background => step.mode == Some(Mode::Background),
+        }
+    }
+}
+
+fn outcome(step: &PlannedMigration, status: Status) -> MigrationOutcome {
+    MigrationOutcome::new(
+        step.id,
+        step.name.clone(),
+        status,
+        Duration::ZERO,
+        step.attempts,
+    )
+}
+
+impl<S, St> Clone for Runner<S, St> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
@@ -500,12 +614,11 @@ impl<S> Clone for Runner<S> {
     }
 }
 
-impl<S> fmt::Debug for Runner<S> {
+impl<S, St> fmt::Debug for Runner<S, St> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Runner")
             .field("migrations", &self.inner.defs.len())
             .field("settings", &self.inner.settings)
-            .field("events", &self.inner.events)
             .finish_non_exhaustive()
     }
 }

@@ -5,8 +5,8 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
-use waymark_core::{BoxError, Error, Handler, MemoryStore, MigrationContext, MigrationDef};
-use waymark_runner::Runner;
+use waymark_core::{BoxError, Error, MemoryStore, MigrationContext, MigrationDef};
+use waymark_runner::{Handler, Runner};
 
 /// Polls a future on this thread with no runtime at all.
 fn block_on<F: Future>(future: F) -> F::Output {

@@ -13,6 +13,8 @@
 //! The macro expands to one `#[tokio::test]` per behaviour, so the crate
 //! needs `tokio` (with `macros` and `rt-multi-thread`) as a dev-dependency.
 
+pub mod atomic;
+
 use std::any::Any;
 use std::fmt;
 use std::future::Future;
@@ -21,6 +23,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+pub use atomic::{AtomicDb, AtomicFixture, BatchPlan};
+
+use crate::store::{LockRequest, LockScope};
 use crate::{Error, Migration, MigrationDef, MigrationId, MigrationStore};
 
 /// Opens another store instance on the same database.
@@ -119,6 +124,8 @@ macro_rules! store_conformance_tests {
             lock_is_released_on_drop,
             lock_times_out_after_the_wait,
             lock_or_wait_takes_a_free_lock_and_outwaits_a_holder,
+            lock_scopes_are_separate_locks,
+            reads_before_prepare_are_not_initialised,
         );
     };
 }
@@ -135,6 +142,10 @@ macro_rules! __store_conformance_tests {
             }
         )*
     };
+}
+
+fn run_lock(wait: Duration) -> LockRequest {
+    LockRequest::new(LockScope::Run, wait)
 }
 
 fn id(raw: i64) -> MigrationId {
@@ -157,7 +168,7 @@ fn ids(rows: &[Migration]) -> Vec<i64> {
 
 fn assert_not_found<T: fmt::Debug>(result: Result<T, Error>, raw: i64) {
     match result {
-        Err(Error::NotFound { id }) => assert_eq!(id, raw),
+        Err(Error::NotFound { id }) => assert_eq!(id.get(), raw),
         other => panic!("expected NotFound for id {raw}, got {other:?}"),
     }
 }
@@ -187,7 +198,7 @@ pub async fn register_inserts_pending_rows(db: &TestStore) {
     let def = MigrationDef::new(5, "fill_pace", "Derive pace streams").unwrap();
     store.register(std::slice::from_ref(&def)).await.unwrap();
     let row = store.get(id(5)).await.unwrap();
-    assert_eq!(row, Migration::pending(&def));
+    assert_eq!(row, Migration::registered(&def));
 }
 
 /// Pending migrations come back by ascending id, whatever the order registered.
@@ -267,7 +278,7 @@ pub async fn register_conflict_on_other_name(db: &TestStore) {
     store.register(&[def(1, "original")]).await.unwrap();
     match store.register(&[def(1, "renamed")]).await {
         Err(Error::Conflict { id, message }) => {
-            assert_eq!(id, 1);
+            assert_eq!(id.get(), 1);
             assert!(
                 message.contains("original") && message.contains("renamed"),
                 "{message}"
@@ -286,7 +297,7 @@ pub async fn register_conflict_registers_nothing(db: &TestStore) {
         .register(&[def(1, "one"), def(5, "not five"), def(9, "nine")])
         .await;
     assert!(
-        matches!(result, Err(Error::Conflict { id: 5, .. })),
+        matches!(&result, Err(Error::Conflict { id, .. }) if id.get() == 5),
         "{result:?}"
     );
     assert_eq!(ids(&store.list().await.unwrap()), [5]);
@@ -297,7 +308,7 @@ pub async fn register_duplicate_id_in_one_call_conflicts(db: &TestStore) {
     let store = db.prepared().await;
     let result = store.register(&[def(3, "a"), def(3, "b")]).await;
     assert!(
-        matches!(result, Err(Error::Conflict { id: 3, .. })),
+        matches!(&result, Err(Error::Conflict { id, .. }) if id.get() == 3),
         "{result:?}"
     );
     assert!(store.list().await.unwrap().is_empty());
@@ -370,9 +381,9 @@ pub async fn save_checkpoint_unknown_is_not_found(db: &TestStore) {
 pub async fn mark_executed_sets_a_recent_utc_time(db: &TestStore) {
     let store = db.prepared().await;
     store.register(&defs(&[1])).await.unwrap();
-    let before = crate::now_utc();
+    let before = crate::store::now_utc();
     store.mark_executed(id(1)).await.unwrap();
-    let after = crate::now_utc();
+    let after = crate::store::now_utc();
     let at = store
         .get(id(1))
         .await
@@ -702,7 +713,7 @@ pub async fn lock_is_mutually_exclusive(db: &TestStore) {
         let inside = Arc::clone(&inside);
         let entered = Arc::clone(&entered);
         tasks.push(tokio::spawn(async move {
-            let _guard = store.lock(Duration::from_secs(30)).await?;
+            let _guard = store.lock(&run_lock(Duration::from_secs(30))).await?;
             assert_eq!(
                 inside.fetch_add(1, Ordering::SeqCst),
                 0,
@@ -725,27 +736,27 @@ pub async fn lock_is_exclusive_across_instances(db: &TestStore) {
     db.prepared().await;
     let other = db.reopen().await;
     other.prepare().await.unwrap();
-    let guard = db.store.lock(Duration::from_secs(5)).await.unwrap();
-    let result = other.lock(Duration::from_millis(200)).await;
+    let guard = db.store.lock(&run_lock(Duration::from_secs(5))).await.unwrap();
+    let result = other.lock(&run_lock(Duration::from_millis(200))).await;
     assert!(
         matches!(result, Err(Error::LockTimeout { .. })),
         "{result:?}"
     );
     drop(guard);
-    let _again = other.lock(Duration::from_secs(5)).await.unwrap();
+    let _again = other.lock(&run_lock(Duration::from_secs(5))).await.unwrap();
 }
 
 /// Dropping the guard frees the lock for the next caller at once.
 pub async fn lock_is_released_on_drop(db: &TestStore) {
     let store = db.prepared().await;
     for _ in 0..3 {
-        let guard = store.lock(Duration::from_secs(5)).await.unwrap();
+        let guard = store.lock(&run_lock(Duration::from_secs(5))).await.unwrap();
         drop(guard);
     }
-    let guard = store.lock(Duration::from_secs(5)).await.unwrap();
+    let guard = store.lock(&run_lock(Duration::from_secs(5))).await.unwrap();
     let waiter = {
         let store = Arc::clone(&db.store);
-        tokio::spawn(async move { store.lock(Duration::from_secs(10)).await.map(drop) })
+        tokio::spawn(async move { store.lock(&run_lock(Duration::from_secs(10))).await.map(drop) })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
@@ -762,10 +773,10 @@ pub async fn lock_is_released_on_drop(db: &TestStore) {
 /// A caller that waits past its limit gets LockTimeout, not before.
 pub async fn lock_times_out_after_the_wait(db: &TestStore) {
     let store = db.prepared().await;
-    let _guard = store.lock(Duration::from_secs(5)).await.unwrap();
+    let _guard = store.lock(&run_lock(Duration::from_secs(5))).await.unwrap();
     let wait = Duration::from_millis(300);
     let started = Instant::now();
-    let result = store.lock(wait).await;
+    let result = store.lock(&run_lock(wait)).await;
     let waited = started.elapsed();
     assert!(
         matches!(result, Err(Error::LockTimeout { .. })),
@@ -786,11 +797,11 @@ pub async fn lock_or_wait_takes_a_free_lock_and_outwaits_a_holder(db: &TestStore
     other.prepare().await.unwrap();
     let guard = db
         .store
-        .lock_or_wait(Duration::from_secs(5))
+        .lock_or_wait(&run_lock(Duration::from_secs(5)))
         .await
         .unwrap()
         .expect("a free lock is taken");
-    let result = other.lock(Duration::from_millis(200)).await;
+    let result = other.lock(&run_lock(Duration::from_millis(200))).await;
     assert!(
         matches!(result, Err(Error::LockTimeout { .. })),
         "{result:?}"
@@ -799,7 +810,7 @@ pub async fn lock_or_wait_takes_a_free_lock_and_outwaits_a_holder(db: &TestStore
         let other = Arc::clone(&other);
         tokio::spawn(async move {
             other
-                .lock_or_wait(Duration::from_secs(10))
+                .lock_or_wait(&run_lock(Duration::from_secs(10)))
                 .await
                 .map(|guard| guard.is_some())
         })
@@ -815,13 +826,56 @@ pub async fn lock_or_wait_takes_a_free_lock_and_outwaits_a_holder(db: &TestStore
         .unwrap()
         .expect("lock_or_wait returns once the holder is gone");
 
-    let _held = db.store.lock(Duration::from_secs(5)).await.unwrap();
+    let _held = db.store.lock(&run_lock(Duration::from_secs(5))).await.unwrap();
     let wait = Duration::from_millis(300);
     let started = Instant::now();
-    let result = other.lock_or_wait(wait).await;
+    let result = other.lock_or_wait(&run_lock(wait)).await;
     assert!(
         matches!(result, Err(Error::LockTimeout { .. })),
         "{result:?}"
     );
     assert!(started.elapsed() >= wait, "gave up before the wait");
+}
+
+/// The run lock and the background lock are two locks: holding one does not
+/// block the other, and each is exclusive across instances.
+pub async fn lock_scopes_are_separate_locks(db: &TestStore) {
+    db.prepared().await;
+    let other = db.reopen().await;
+    let wait = Duration::from_millis(200);
+    let run = db.store.lock(&run_lock(Duration::from_secs(5))).await.unwrap();
+    let background = other
+        .lock(&LockRequest::new(LockScope::Background, Duration::from_secs(5)))
+        .await
+        .expect("the background lock is free while the run lock is held");
+    let busy = db
+        .store
+        .lock(&LockRequest::new(LockScope::Background, wait))
+        .await;
+    assert!(matches!(busy, Err(Error::LockTimeout { .. })), "{busy:?}");
+    let busy = other.lock(&run_lock(wait)).await;
+    assert!(matches!(busy, Err(Error::LockTimeout { .. })), "{busy:?}");
+    drop((run, background));
+}
+
+/// Before `prepare`, reads say plainly that nothing is initialised, and
+/// create nothing: `prepare` is still needed afterwards.
+pub async fn reads_before_prepare_are_not_initialised(db: &TestStore) {
+    for result in [db.store.list().await, db.store.pending().await] {
+        assert!(
+            matches!(result, Err(Error::NotInitialised { .. })),
+            "{result:?}"
+        );
+    }
+    let result = db.store.get(id(1)).await;
+    assert!(
+        matches!(result, Err(Error::NotInitialised { .. })),
+        "{result:?}"
+    );
+    let text = db.store.list().await.unwrap_err().to_string();
+    for sql in ["SELECT", "FROM", "no such"] {
+        assert!(!text.contains(sql), "SQL text in the message: {text}");
+    }
+    let again = db.store.list().await;
+    assert!(matches!(again, Err(Error::NotInitialised { .. })), "{again:?}");
 }

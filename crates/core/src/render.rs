@@ -1,7 +1,9 @@
-//! Plain-text tables for terminals: the migration status table shown by the
-//! CLI and the demo, and the layout the runner's report uses.
+//! Plain text for terminals: the one table layout of every table waymark
+//! prints (the status table of the CLI and the demo, the runner's report
+//! and plan), and one-line shortening.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::Migration;
 
@@ -19,7 +21,7 @@ pub enum Align {
 /// characters). The one layout of every table waymark prints.
 ///
 /// ```
-/// use waymark_core::{Align, TextTable};
+/// use waymark_core::render::{Align, TextTable};
 ///
 /// let mut table = TextTable::new(&[("id", Align::Right), ("name", Align::Left)]);
 /// table.row(vec!["7".into(), "fill_pace".into()]);
@@ -97,7 +99,7 @@ impl fmt::Display for TextTable {
 /// [`TextTable`] of text columns, as a string.
 ///
 /// ```
-/// let text = waymark_core::render_table(&["id", "name"], &[vec!["1".into(), "fill_pace".into()]]);
+/// let text = waymark_core::render::render_table(&["id", "name"], &[vec!["1".into(), "fill_pace".into()]]);
 /// assert_eq!(text, "id  name\n--  ---------\n1   fill_pace\n");
 /// ```
 pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
@@ -128,9 +130,10 @@ pub fn one_line(text: &str, max: usize) -> String {
 /// executed, attempts, and the last error.
 ///
 /// ```
-/// use waymark_core::{Migration, MigrationDef, StatusTable};
+/// use waymark_core::render::StatusTable;
+/// use waymark_core::{Migration, MigrationDef};
 ///
-/// let row = Migration::pending(&MigrationDef::new(1, "fill_pace", "")?);
+/// let row = Migration::registered(&MigrationDef::new(1, "fill_pace", "")?);
 /// let text = StatusTable(&[row]).to_string();
 /// assert!(text.contains("fill_pace") && text.contains("pending"));
 /// # Ok::<(), waymark_core::Error>(())
@@ -147,7 +150,7 @@ impl fmt::Display for StatusTable<'_> {
                 vec![
                     m.id.to_string(),
                     one_line(&m.name, 60),
-                    state(m).to_owned(),
+                    m.state().to_string(),
                     m.executed_at
                         .and_then(|at| {
                             at.format(&time::format_description::well_known::Rfc3339)
@@ -176,23 +179,42 @@ impl fmt::Display for StatusTable<'_> {
     }
 }
 
-/// `executed`, `failed` (pending after a failed attempt), `resumable`
-/// (pending with a checkpoint) or `pending`.
-pub fn state(m: &Migration) -> &'static str {
-    if m.executed {
-        "executed"
-    } else if m.last_error.is_some() {
-        "failed"
-    } else if m.checkpoint.is_some() {
-        "resumable"
+/// A duration as people read it: `850µs`, `12ms`, `1.25s`, `3m07s`, `2h05m`.
+pub fn human_duration(duration: Duration) -> String {
+    let micros = duration.as_micros();
+    if micros < 1_000 {
+        format!("{micros}µs")
+    } else if micros < 1_000_000 {
+        format!("{}ms", micros / 1_000)
+    } else if duration.as_secs() < 60 {
+        format!("{:.2}s", duration.as_secs_f64())
+    } else if duration.as_secs() < 3_600 {
+        format!(
+            "{}m{:02}s",
+            duration.as_secs() / 60,
+            duration.as_secs() % 60
+        )
     } else {
-        "pending"
+        format!(
+            "{}h{:02}m",
+            duration.as_secs() / 3_600,
+            duration.as_secs() % 3_600 / 60
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(Duration::from_micros(850)), "850µs");
+        assert_eq!(human_duration(Duration::from_millis(12)), "12ms");
+        assert_eq!(human_duration(Duration::from_millis(1250)), "1.25s");
+        assert_eq!(human_duration(Duration::from_secs(187)), "3m07s");
+        assert_eq!(human_duration(Duration::from_secs(7_500)), "2h05m");
+    }
 
     #[test]
     fn columns_align_on_characters() {
