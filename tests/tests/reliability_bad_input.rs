@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use waymark_core::{BatchStep, Error, MigrationDef, MigrationId, MigrationStore, error_chain};
 use waymark_postgres::{PostgresConfig, PostgresStore, sqlstate};
-use waymark_runner::Runner;
+use waymark_runner::{Handler, Runner};
 use waymark_sqlite::{SqliteConfig, SqliteStore};
 use waymark_tests::pg::{TestDatabase, fresh_database};
 use waymark_tests::reliability::target::with_param;
@@ -72,23 +72,27 @@ async fn a_postgres_batch_that_does_not_advance_is_rolled_back() {
         .batch_execute("CREATE TABLE items (item BIGINT NOT NULL)")
         .await
         .unwrap();
-    let handler = store.batched(|tx, from, _ctx| {
+    let handler = Handler::batched(|tx, from, _ctx: &waymark_core::MigrationContext<()>| {
         Box::pin(async move {
             let item: i64 = from.map_or(1, |_| 2);
             tx.execute("INSERT INTO items VALUES ($1)", &[&item])
                 .await?;
             // The first batch advances to "1"; the second stays there.
-            Ok(BatchStep::next("1", 1))
+            Ok::<_, waymark_core::BoxError>(BatchStep::next("1", 1))
         })
     });
-    let runner = Runner::<()>::builder(store.clone())
+    let runner = Runner::<(), _>::builder(store.clone())
         .migration(def(1), handler)
         .build()
         .unwrap();
     let err = runner.run(()).await.unwrap_err();
     assert!(
-        matches!(&err, Error::Handler { id: 1, message, .. } if message.contains("same checkpoint")),
+        matches!(&err, Error::Handler { id, .. } if id.get() == 1),
         "{err:?}"
+    );
+    assert!(
+        waymark_core::error_chain(&err).contains("same checkpoint"),
+        "{err}"
     );
     let row = store.get(id(1)).await.unwrap();
     assert!(!row.executed);
@@ -238,10 +242,10 @@ async fn a_read_only_postgres_database_reads_and_refuses_writes() {
         );
     }
     // A run fails with the server's error at its first write.
-    let runner = Runner::<()>::builder(store.clone())
+    let runner = Runner::<(), _>::builder(store.clone())
         .migration(
             def(2),
-            waymark_core::Handler::blocking_fn(|_| Err("must not run".into())),
+            Handler::blocking_fn(|_| Err::<(), waymark_core::BoxError>("must not run".into())),
         )
         .build()
         .unwrap();

@@ -10,12 +10,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
+use waymark_core::store::{LockRequest, LockScope};
 use waymark_core::{
-    BatchStep, Error, Handler, Migration, MigrationContext, MigrationDef, MigrationStore,
+    BatchStep, BoxError, Error, Migration, MigrationContext, MigrationDef, MigrationStore,
     error_chain,
 };
 use waymark_postgres::{PostgresConfig, PostgresStore, sqlstate};
-use waymark_runner::Runner;
+use waymark_runner::{Handler, RunReport, Runner};
+
+/// The handlers of these tests.
+type H = Handler<(), PostgresStore>;
 use waymark_tests::pg::{PrivateCluster, TestDatabase, fresh_database};
 
 /// A hang guard, not a measurement.
@@ -37,9 +41,9 @@ fn trap() -> (Trap, mpsc::UnboundedReceiver<i32>) {
 
 /// An atomic handler logging `id` into `items`; with the trap armed, it
 /// reports its pid and waits in `pg_sleep` for its session to be ended.
-fn trapped(store: &PostgresStore, id: i64, trap: &Trap) -> Handler<()> {
+fn trapped(id: i64, trap: &Trap) -> H {
     let trap = Arc::clone(trap);
-    store.atomic(move |tx, _ctx| {
+    H::atomic(move |tx, _ctx| {
         let trap = trap.lock().unwrap().take();
         Box::pin(async move {
             tx.execute("INSERT INTO items VALUES ($1)", &[&id]).await?;
@@ -48,30 +52,30 @@ fn trapped(store: &PostgresStore, id: i64, trap: &Trap) -> Handler<()> {
                 let _ = trap.send(pid);
                 tx.execute("SELECT pg_sleep(60)", &[]).await?;
             }
-            Ok(())
+            Ok::<(), BoxError>(())
         })
     })
 }
 
 /// An atomic handler logging `id` into `items`.
-fn logs(store: &PostgresStore, id: i64) -> Handler<()> {
-    store.atomic(move |tx, _ctx| {
+fn logs(id: i64) -> H {
+    H::atomic(move |tx, _ctx| {
         Box::pin(async move {
             tx.execute("INSERT INTO items VALUES ($1)", &[&id]).await?;
-            Ok(())
+            Ok::<(), BoxError>(())
         })
     })
 }
 
 /// A batched atomic handler logging 100 + 1..=3, one item per batch.
-fn batches(store: &PostgresStore) -> Handler<()> {
-    store.batched(|tx, from, _ctx| {
+fn batches() -> H {
+    H::batched(|tx, from, _ctx| {
         Box::pin(async move {
             let done: i64 = from.map(str::parse).transpose()?.unwrap_or(0);
             let item = 100 + done + 1;
             tx.execute("INSERT INTO items VALUES ($1)", &[&item])
                 .await?;
-            Ok(if done + 1 == 3 {
+            Ok::<_, BoxError>(if done + 1 == 3 {
                 BatchStep::done(1)
             } else {
                 BatchStep::next((done + 1).to_string(), 1)
@@ -109,10 +113,11 @@ async fn no_advisory_lock_left(db: &TestDatabase) {
     assert!(left.is_empty(), "advisory locks left: {left:?}");
 }
 
-async fn run(runner: &Runner<()>) -> Result<waymark_runner::RunReport, Error> {
+async fn run(runner: &Runner<(), PostgresStore>) -> Result<RunReport, Error> {
     tokio::time::timeout(NO_HANG, runner.run(()))
         .await
         .expect("the run hung")
+        .map(waymark_runner::Started::into_report)
 }
 
 /// The session of an atomic migration is terminated mid-transaction: the
@@ -126,9 +131,9 @@ async fn terminating_a_migrations_session_rolls_it_back_and_the_next_run_complet
     items_table(&admin).await;
     let store = db.store().await;
     let (armed, mut pids) = trap();
-    let runner = Runner::<()>::builder(store.clone())
-        .migration(def(1), trapped(&store, 1, &armed))
-        .migration(def(2), logs(&store, 2))
+    let runner = Runner::<(), PostgresStore>::builder(store.clone())
+        .migration(def(1), trapped(1, &armed))
+        .migration(def(2), logs(2))
         .build()
         .unwrap();
 
@@ -140,8 +145,9 @@ async fn terminating_a_migrations_session_rolls_it_back_and_the_next_run_complet
     assert!(db.terminate(pid).await);
     let err = running.await.unwrap().unwrap_err();
     match &err {
-        Error::Handler { id: 1, message, .. } => {
-            assert!(message.contains("terminating connection"), "{message}");
+        Error::Handler { id, .. } if id.get() == 1 => {
+            let text = error_chain(&err);
+            assert!(text.contains("terminating connection"), "{text}");
         }
         other => panic!("expected the migration's failure, got {other:?}"),
     }
@@ -170,10 +176,10 @@ async fn terminating_every_session_of_the_runner_mid_migration_is_recovered() {
     items_table(&admin).await;
     let store = db.store().await;
     let (armed, mut pids) = trap();
-    let runner = Runner::<()>::builder(store.clone())
-        .migration(def(1), logs(&store, 1))
-        .migration(def(2), trapped(&store, 2, &armed))
-        .migration(def(3), batches(&store))
+    let runner = Runner::<(), PostgresStore>::builder(store.clone())
+        .migration(def(1), logs(1))
+        .migration(def(2), trapped(2, &armed))
+        .migration(def(3), batches())
         .build()
         .unwrap();
 
@@ -193,8 +199,9 @@ async fn terminating_every_session_of_the_runner_mid_migration_is_recovered() {
     // Migration 2's failure, or, if the pool had not yet noticed its
     // sessions were gone, the store error of recording it.
     match &err {
-        Error::Handler { id: 2, message, .. } => {
-            assert!(message.contains("terminating connection"), "{message}")
+        Error::Handler { id, .. } if id.get() == 2 => {
+            let text = error_chain(&err);
+            assert!(text.contains("terminating connection"), "{text}")
         }
         Error::Store { .. } => assert!(error_chain(&err).contains("migration 2"), "{err}"),
         other => panic!("expected a clear error about migration 2, got {other:?}"),
@@ -228,12 +235,15 @@ async fn terminating_the_session_waiting_for_the_lock_is_a_clear_error() {
     items_table(&admin).await;
     let holder = db.store().await;
     let store = db.store().await;
-    let runner = Runner::<()>::builder(store.clone())
-        .migration(def(1), logs(&store, 1))
+    let runner = Runner::<(), PostgresStore>::builder(store.clone())
+        .migration(def(1), logs(1))
         .lock_wait(Duration::from_secs(60))
         .build()
         .unwrap();
-    let guard = holder.lock(Duration::from_secs(5)).await.unwrap();
+    let guard = holder
+        .lock(&LockRequest::new(LockScope::Run, Duration::from_secs(5)))
+        .await
+        .unwrap();
 
     let running = tokio::spawn({
         let runner = runner.clone();
@@ -290,29 +300,32 @@ async fn a_server_stopped_and_started_again_loses_nothing() {
     let failing_once = Arc::new(Mutex::new(true));
     let flaky = {
         let failing_once = Arc::clone(&failing_once);
-        store.atomic(move |tx, _ctx: &MigrationContext<()>| {
+        H::atomic(move |tx, _ctx: &MigrationContext<()>| {
             let fail = std::mem::take(&mut *failing_once.lock().unwrap());
             Box::pin(async move {
                 tx.execute("INSERT INTO items VALUES (2)", &[]).await?;
                 if fail {
-                    return Err("failing once, on purpose".into());
+                    return Err::<(), BoxError>("failing once, on purpose".into());
                 }
                 Ok(())
             })
         })
     };
     let (armed, mut pids) = trap();
-    let runner = Runner::<()>::builder(store.clone())
-        .migration(def(1), logs(&store, 1))
+    let runner = Runner::<(), PostgresStore>::builder(store.clone())
+        .migration(def(1), logs(1))
         .migration(def(2), flaky)
-        .migration(def(3), batches(&store))
-        .migration(def(4), trapped(&store, 4, &armed))
+        .migration(def(3), batches())
+        .migration(def(4), trapped(4, &armed))
         .build()
         .unwrap();
 
     // Run 1: migration 2 fails, so 3 and 4 stay pending.
     let err = run(&runner).await.unwrap_err();
-    assert!(matches!(err, Error::Handler { id: 2, .. }), "{err:?}");
+    assert!(
+        matches!(&err, Error::Handler { id, .. } if id.get() == 2),
+        "{err:?}"
+    );
     let before = states(&store.list().await.unwrap());
     assert_eq!(
         before,
@@ -392,7 +405,7 @@ async fn losing_the_run_lock_stops_the_run_before_the_next_migration() {
     let (trap, mut armed) = trap();
     let release = Arc::new(tokio::sync::Notify::new());
     let waiting = Arc::clone(&release);
-    let gated = Handler::async_fn(move |_ctx| {
+    let gated = H::async_fn(move |_ctx| {
         let trap = trap.lock().unwrap().take();
         let waiting = Arc::clone(&waiting);
         async move {
@@ -405,7 +418,7 @@ async fn losing_the_run_lock_stops_the_run_before_the_next_migration() {
     });
     let runner = Runner::builder(store.clone())
         .migration(def(1), gated)
-        .migration(def(2), logs(&store, 2))
+        .migration(def(2), logs(2))
         .build()
         .unwrap();
     let run_task = tokio::spawn({

@@ -3,7 +3,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use waymark::{Error, Migration, MigrationDef, MigrationId, MigrationStore, StatusTable};
+use waymark::render::StatusTable;
+use waymark::{Error, Migration, MigrationDef, MigrationId, MigrationStore};
 
 use crate::args::Command;
 
@@ -121,7 +122,7 @@ fn print_details(out: &mut dyn Write, row: &Migration) -> Result<(), Error> {
         ("id", row.id.to_string()),
         ("name", row.name.clone()),
         ("description", row.description.clone()),
-        ("state", waymark::state(row).to_owned()),
+        ("state", row.state().to_string()),
         ("executed_at", executed_at),
         ("attempts", row.attempts.to_string()),
         (

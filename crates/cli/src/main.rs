@@ -40,7 +40,7 @@ async fn execute(cli: Cli) -> Result<ExitCode, waymark::Error> {
 
 /// Prints one line on stderr and returns exit code 1.
 fn fail(error: &waymark::Error) -> ExitCode {
-    let line = waymark::one_line(&waymark::error_chain(error), 2000);
+    let line = waymark::render::one_line(&waymark::render::error_chain(error), 2000);
     eprintln!("waymark: error: {line}");
     ExitCode::FAILURE
 }

@@ -137,7 +137,9 @@ impl Background {
 }
 
 /// Starts the background phase on its own task.
-pub(crate) fn start<S, St>(inner: Arc<Inner<S, St>>, state: Arc<S>) -> Background
+/// `before` is the plan made when the run started, for reporting what
+/// another instance ran meanwhile.
+pub(crate) fn start<S, St>(inner: Arc<Inner<S, St>>, state: Arc<S>, before: Plan) -> Background
 where
     S: Send + Sync + 'static,
     St: MigrationStore + Clone,
@@ -147,7 +149,7 @@ where
     let slot = Arc::clone(&report);
     let tx = Arc::new(tx);
     tokio::spawn(async move {
-        let result = run(&inner, &state, &tx).await;
+        let result = run(&inner, &state, &before, &tx).await;
         let last = match &result {
             Ok(report) => final_status(report),
             Err(err) => BackgroundStatus::Error {
@@ -185,6 +187,7 @@ fn final_status(report: &RunReport) -> BackgroundStatus {
 async fn run<S, St>(
     inner: &Inner<S, St>,
     state: &Arc<S>,
+    before: &Plan,
     status: &Arc<watch::Sender<BackgroundStatus>>,
 ) -> Result<RunReport, Error>
 where
@@ -198,7 +201,6 @@ where
     let events = settings.events.tapped(Arc::new(move |event: &RunEvent| {
         track(&tap, event);
     }));
-    let before = Plan::compute(&store.list().await?, &inner.declared, settings)?;
     let mut waited = Duration::ZERO;
     loop {
         let round = lock::acquire_or_wait(
@@ -210,7 +212,7 @@ where
         )
         .await;
         let guard = match round {
-            Ok(Waited::ShutDown) => return Ok(stopped(&before, started)),
+            Ok(Waited::ShutDown) => return Ok(stopped(before, started)),
             Ok(Waited::Done(guard, took)) => {
                 waited += took;
                 guard
@@ -225,7 +227,7 @@ where
         };
         let rows = store.list().await?;
         let now = Plan::compute(&rows, &inner.declared, settings)?;
-        let done = inner.done_by_another(&before, &now, &rows);
+        let done = inner.done_by_another(Queue::Background, before, &now, &rows);
         let Some(guard) = guard else {
             if now.runs(waymark_core::Mode::Background) {
                 // The other instance stopped short: take over.

@@ -125,7 +125,6 @@ pub(crate) struct Inner<S, St> {
 /// What [`Runner::run`] returns once the required migrations are done: their
 /// report, and the handle of the background ones.
 #[derive(Debug)]
-#[must_use = "the background migrations keep running; `finish` waits for them"]
 pub struct Started {
     report: RunReport,
     background: Background,
@@ -226,16 +225,39 @@ impl<S: Send + Sync + 'static, St: MigrationStore + Clone> Runner<S, St> {
             });
         }
         let state = state.into();
-        let (report, background_pending) = inner
+        let (report, background_plan) = inner
             .required(&state, started)
             .instrument(tracing::info_span!("waymark.run"))
             .await?;
-        let background = if background_pending && report.is_success() {
-            background::start(Arc::clone(inner), state)
-        } else {
-            Background::finished()
+        let background = match background_plan {
+            Some(plan) if report.is_success() => background::start(Arc::clone(inner), state, plan),
+            _ => Background::finished(),
         };
         Ok(Started { report, background })
+    }
+
+    /// Runs every migration, required and background, to the end, from code
+    /// without an async runtime (a desktop tool, a script on rusqlite
+    /// alone): one blocking call that starts a Tokio runtime of its own for
+    /// the run, with the same guarantees as [`run`](Self::run). Blocking
+    /// handlers need no async code at all.
+    ///
+    /// # Errors
+    /// As [`Started::finish`]; [`Error::Invalid`] when called from inside a
+    /// Tokio runtime (use [`run`](Self::run) there: blocking would stall it).
+    pub fn run_blocking(&self, state: impl Into<Arc<S>>) -> Result<RunReport, Error> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::invalid(
+                "runtime",
+                "run_blocking was called inside a Tokio runtime: await `run` instead",
+            ));
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| Error::store("starting a Tokio runtime for the run", err))?;
+        let state = state.into();
+        runtime.block_on(async { self.run(state).await?.finish().await })
     }
 
     /// What a run would do now, in order, without running anything.
@@ -279,11 +301,13 @@ impl<S: Send + Sync + 'static, St: MigrationStore + Clone> Inner<S, St> {
         &self,
         state: &Arc<S>,
         started: Instant,
-    ) -> Result<(RunReport, bool), Error> {
+    ) -> Result<(RunReport, Option<Plan>), Error> {
         self.prepare_and_register().await?;
         let before = self.store().list().await?;
         let plan = Plan::compute(&before, &self.declared, &self.settings)?;
-        let background = plan.runs(Mode::Background);
+        // The background phase starts from what was pending now, so that it
+        // can report what another instance did meanwhile.
+        let background = plan.runs(Mode::Background).then(|| plan.clone());
         if !plan.runs(Mode::Required) {
             // Nothing here could be executed, so there is nothing to guard.
             let outcomes = self.report_only(&plan);
@@ -312,11 +336,11 @@ impl<S: Send + Sync + 'static, St: MigrationStore + Clone> Inner<S, St> {
                     let left = Plan::compute(&rows, &self.declared, &self.settings)?;
                     if !left.runs(Mode::Required) {
                         tracing::info!(waited = ?waited, "another instance ran the pending migrations");
-                        let mut outcomes = self.done_by_another(&plan, &left, &rows);
+                        let mut outcomes = self.done_by_another(Queue::Required, &plan, &left, &rows);
                         outcomes.extend(self.report_only(&left));
                         let report =
                             RunReport::new(outcomes, false, Some(waited), started.elapsed());
-                        return Ok((report, left.runs(Mode::Background)));
+                        return Ok((report, background));
                     }
                     // It stopped short (a failure, or it knew fewer
                     // migrations): run what is left under the lock.
@@ -340,7 +364,7 @@ impl<S: Send + Sync + 'static, St: MigrationStore + Clone> Inner<S, St> {
             .count();
         tracing::info!(waited = ?waited, pending = count, "holding the migration lock");
         events.emit(|| RunEvent::LockAcquired { waited, count });
-        let mut outcomes = self.done_by_another(&plan, &now, &rows);
+        let mut outcomes = self.done_by_another(Queue::Required, &plan, &now, &rows);
         outcomes.extend(
             self.execute(&now, &rows, Queue::Required, state, guard, events)
                 .await?,
@@ -351,7 +375,7 @@ impl<S: Send + Sync + 'static, St: MigrationStore + Clone> Inner<S, St> {
             failed = report.failures().count(),
             "migration run finished"
         );
-        Ok((report, now.runs(Mode::Background)))
+        Ok((report, background))
     }
 
     /// Prepares the store and registers the declared set. A store refuses
@@ -548,11 +572,12 @@ impl<S: Send + Sync + 'static, St: MigrationStore + Clone> Inner<S, St> {
         }
     }
 
-    /// Migrations that `before` would have run and `now` no longer has
+    /// Migrations of `queue` that `before` would have run and `now` no longer has
     /// pending: another instance executed them meanwhile. `rows` is the
     /// snapshot `now` was made from, for their attempts.
     pub(crate) fn done_by_another(
         &self,
+        queue: Queue,
         before: &Plan,
         now: &Plan,
         rows: &[Migration],
@@ -563,7 +588,9 @@ impl<S: Send + Sync + 'static, St: MigrationStore + Clone> Inner<S, St> {
         before
             .steps()
             .iter()
-            .filter(|step| step.action == PlannedAction::Run && !still.contains(&step.id))
+            .filter(|step| {
+                queue.contains(step) && step.action == PlannedAction::Run && !still.contains(&step.id)
+            })
             .map(|step| {
                 tracing::info!(id = step.id.get(), name = %step.name, "already executed by another instance");
                 self.settings.events.emit(|| RunEvent::AlreadyDone {

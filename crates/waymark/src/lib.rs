@@ -3,22 +3,122 @@
 //! safely when the process is killed half-way and when many replicas start
 //! at the same moment.
 //!
-//! This is the crate applications depend on. It re-exports
-//! [`waymark_core`] (types, errors, the store and handler traits, the
-//! in-memory [`MemoryStore`]) and [`waymark_runner`] (the [`Runner`]), and
-//! each database store behind a feature flag:
+//! This is the crate applications depend on. Its root holds what an
+//! application uses: declare migrations ([`MigrationDef`]) with their
+//! [`Handler`]s on a [`Runner`], [`run`](Runner::run) them at start-up, and
+//! read what happened ([`Started`], [`RunReport`], [`Background`]). The
+//! rest lives in modules:
 //!
-//! | feature | default | what it adds |
-//! |---|---|---|
-//! | `sqlite` | yes | [`sqlite`]: `SqliteStore` on rusqlite with SQLite bundled (no system library needed) |
-//! | `postgres` | no | [`postgres`]: `PostgresStore` on tokio-postgres and deadpool-postgres |
+//! | module | for |
+//! |---|---|
+//! | [`sqlite`] (feature `sqlite`, default) | `SqliteStore` on rusqlite, SQLite bundled by default |
+//! | [`postgres`] (feature `postgres`) | `PostgresStore` on tokio-postgres and deadpool-postgres |
+//! | [`error`] | the errors a handler's failure can be downcast to |
+//! | [`store`] | backend authors: the store traits, locks, shared SQL, helpers, the conformance suites (feature `testkit`) |
+//! | [`render`] | plain-text tables for terminals |
+//! | [`stream`] | the activity stream codes of the original application |
 //!
-//! `default-features = false` leaves the in-memory store only, for libraries
-//! and for applications' unit tests.
+//! `default-features = false` leaves the in-memory [`MemoryStore`] only, for
+//! libraries and for applications' unit tests.
+//!
+//! A plain handler cannot claim that its migration is done: only the
+//! runner (after the handler returned) or a store's own transaction (for
+//! atomic handlers) records completion.
+//!
+//! ```compile_fail
+//! use waymark::{Handler, MemoryStore, MigrationContext};
+//!
+//! let _: Handler<(), MemoryStore> = Handler::blocking_fn(|ctx: MigrationContext<()>| {
+//!     ctx.mark_success_recorded(); // no such method
+//!     Ok::<(), waymark::BoxError>(())
+//! });
+//! ```
+//!
+//! An atomic handler receives a `&MigrationContext` and cannot save
+//! checkpoints or record anything through it either:
+//!
+//! ```compile_fail
+//! # #[cfg(feature = "sqlite")] {
+//! use waymark::sqlite::SqliteStore;
+//! use waymark::{Handler, MigrationContext};
+//!
+//! let _: Handler<(), SqliteStore> = Handler::atomic(|_tx, ctx: &MigrationContext<()>| {
+//!     ctx.save_checkpoint_blocking("claimed")?; // needs `&mut`
+//!     Ok::<(), waymark::BoxError>(())
+//! });
+//! # }
+//! # #[cfg(not(feature = "sqlite"))] compile_error!("needs sqlite");
+//! ```
+#![cfg_attr(
+    all(feature = "sqlite", feature = "postgres"),
+    doc = r#"
+An atomic handler is typed by its store: one written for SQLite cannot be
+given to a runner over PostgreSQL.
+
+```compile_fail
+use waymark::postgres::PostgresStore;
+use waymark::sqlite::SqliteStore;
+use waymark::{Handler, MigrationDef, Runner};
+
+async fn build(pg: PostgresStore) -> Result<(), waymark::Error> {
+    let for_sqlite: Handler<(), SqliteStore> =
+        Handler::atomic(|tx, _ctx| {
+            tx.execute("UPDATE laps SET n = n + 1", [])?;
+            Ok::<(), waymark::BoxError>(())
+        });
+    Runner::builder(pg)
+        .migration(MigrationDef::new(1, "laps", "")?, for_sqlite)
+        .build()?;
+    Ok(())
+}
+```
+"#
+)]
 #![deny(missing_docs)]
 
-pub use waymark_core::*;
-pub use waymark_runner::*;
+pub use waymark_core::{
+    BatchStep, BoxError, CancellationToken, Error, MemoryStore, Migration, MigrationContext,
+    MigrationDef, MigrationId, MigrationState, MigrationStore, Mode,
+};
+pub use waymark_runner::{
+    Background, BackgroundStatus, BlockingMigrationHandler, DEFAULT_LOCK_WAIT, Failure,
+    FailureKind, FailurePolicy, Handler, HandlerKind, MigrationHandler, MigrationOutcome, Plan,
+    PlannedAction, PlannedMigration, Progress, RunEvent, RunReport, Runner, RunnerBuilder,
+    SkipReason, Started, Status, UndeclaredPolicy,
+};
+
+/// The errors a run reports, and the ones found in their sources.
+///
+/// [`Error`] is the one error type; a failed migration's
+/// [`Error::Handler`] has as its source the handler's own error or one of
+/// these, to downcast to.
+pub mod error {
+    pub use waymark_core::{
+        BoxError, Cancelled, Error, HandlerPanicked, HandlerTimedOut, IncompatibleTable, Message,
+        StalledBatch, UndeclaredMigration, error_chain,
+    };
+}
+
+/// For backend authors: the storage contract, locks, the SQL shared by the
+/// SQL backends, and helpers ([`waymark_core::store`]), and with the
+/// `testkit` feature the conformance suites every backend runs.
+pub mod store {
+    pub use waymark_core::run::new_context;
+    pub use waymark_core::store::*;
+    #[cfg(feature = "testkit")]
+    pub use waymark_core::testkit;
+}
+
+/// Plain-text tables for terminals, as the CLI and the demo print them.
+pub mod render {
+    pub use waymark_core::error_chain;
+    pub use waymark_core::render::*;
+}
+
+/// The activity stream codes of the original application.
+pub mod stream {
+    pub use waymark_core::stream::*;
+}
 
 /// The embedded SQLite store (feature `sqlite`, on by default), and the
 /// `rusqlite` version its atomic handlers receive transactions of.

@@ -100,7 +100,8 @@ async fn run_sqlite(path: &Path, variant: Variant) -> Result<RunReport, Error> {
     let app = sqlite::SqliteApp {
         path: path.to_path_buf(),
     };
-    sqlite::runner(&store, variant)?.run(app).await
+    let started = sqlite::runner(&store, variant)?.run(app).await?;
+    Ok(started.into_report())
 }
 
 async fn run_postgres(url: &str, variant: Variant) -> Result<RunReport, Error> {
@@ -108,5 +109,6 @@ async fn run_postgres(url: &str, variant: Variant) -> Result<RunReport, Error> {
     let app = postgres::PgApp::connect(url)
         .await
         .map_err(|e| Error::store("connecting the application", e))?;
-    postgres::runner(&store, variant)?.run(app).await
+    let started = postgres::runner(&store, variant)?.run(app).await?;
+    Ok(started.into_report())
 }

@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use waymark_core::{Error, LockGuard, Migration, MigrationDef, MigrationId, MigrationStore};
+use waymark_core::store::{LockGuard, LockRequest, LockScope};
+use waymark_core::{Error, Migration, MigrationDef, MigrationId, MigrationStore};
 
 /// A definition as generated, possibly invalid: it goes through
 /// [`MigrationDef::new`], the layer that validates names.
@@ -104,9 +105,9 @@ pub enum Failure {
 impl From<Error> for Failure {
     fn from(error: Error) -> Self {
         match error {
-            Error::NotFound { id } => Self::NotFound(id),
+            Error::NotFound { id } => Self::NotFound(id.get()),
             Error::Invalid { field, .. } => Self::Invalid(field),
-            Error::Conflict { id, message } => Self::Conflict(id, message),
+            Error::Conflict { id, message } => Self::Conflict(id.get(), message),
             Error::LockTimeout { .. } => Self::LockTimeout,
             other => Self::Other(other.kind(), waymark_core::error_chain(&other)),
         }
@@ -198,7 +199,8 @@ impl<'a> Session<'a> {
                 } else {
                     FREE_LOCK_WAIT
                 };
-                self.guards.push(store.lock(wait).await?);
+                let request = LockRequest::new(LockScope::Run, wait);
+                self.guards.push(store.lock(&request).await?);
                 Outcome::Done
             }
             Op::Unlock => Outcome::Unlocked(self.guards.pop().is_some()),

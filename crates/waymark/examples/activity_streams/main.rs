@@ -24,7 +24,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use waymark::sqlite::SqliteStore;
 use waymark::sqlite::rusqlite;
-use waymark::{MigrationStore, Runner, StatusTable};
+use waymark::render::{StatusTable, error_chain};
+use waymark::{MigrationStore, Runner};
 
 /// Seed an activity database and run its data migrations with waymark.
 #[derive(Debug, Parser)]
@@ -58,7 +59,7 @@ async fn main() -> ExitCode {
     match run(Args::parse()).await {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {}", waymark::error_chain(&*error));
+            eprintln!("error: {}", error_chain(&*error));
             ExitCode::FAILURE
         }
     }
@@ -95,7 +96,7 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error + Send + 
     let bars = progress::Bars::default();
     let observer = bars.clone();
     let runner = Runner::builder(store.clone())
-        .migrations(migrations::all(&store)?)
+        .migrations(migrations::all()?)
         .observer(move |event| observer.observe(event))
         .build()?;
     let app = Arc::new(migrations::App {
@@ -103,7 +104,7 @@ async fn run(args: Args) -> Result<ExitCode, Box<dyn std::error::Error + Send + 
         batch_size: args.batch_size,
         batch_delay: Duration::from_millis(args.batch_delay_ms),
     });
-    let report = runner.run_and_report(app).await?;
+    let report = runner.run_and_report(app).await?.wait().await?;
     drop(bars);
 
     if report.nothing_pending() {

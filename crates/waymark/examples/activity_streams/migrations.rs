@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_json::Value;
 use waymark::sqlite::SqliteStore;
 use waymark::sqlite::rusqlite::{Connection, OptionalExtension, Transaction, params};
-use waymark::{BatchStep, BoxError, Error, Handler, MigrationContext, MigrationDef, StreamType};
+use waymark::stream::StreamType;
+use waymark::{BatchStep, BoxError, Error, Handler, MigrationContext, MigrationDef};
 
 /// The application's state, handed to every handler.
 #[derive(Debug)]
@@ -25,7 +26,7 @@ pub struct App {
 const ZONE_BOUNDS: [f64; 4] = [120.0, 140.0, 160.0, 175.0];
 
 /// The three migrations, in the order of their ids.
-pub fn all(store: &SqliteStore) -> Result<Vec<(MigrationDef, Handler<App>)>, Error> {
+pub fn all() -> Result<Vec<(MigrationDef, Handler<App, SqliteStore>)>, Error> {
     Ok(vec![
         (
             MigrationDef::new(
@@ -34,7 +35,7 @@ pub fn all(store: &SqliteStore) -> Result<Vec<(MigrationDef, Handler<App>)>, Err
                 "Recompute average and maximum heart rate and average speed of every activity from its streams",
             )?,
             // Blocking and atomic: every activity's averages and the bookkeeping commit together.
-            store.atomic(recompute_averages),
+            Handler::atomic(recompute_averages),
         ),
         (
             MigrationDef::new(
@@ -43,7 +44,7 @@ pub fn all(store: &SqliteStore) -> Result<Vec<(MigrationDef, Handler<App>)>, Err
                 "Compute the share of time spent in each heart-rate zone, in batches with checkpoints",
             )?,
             // Batched and atomic: each batch commits with its checkpoint.
-            store.batched(hr_zone_batch),
+            Handler::batched(hr_zone_batch),
         ),
         (
             MigrationDef::new(
@@ -51,8 +52,8 @@ pub fn all(store: &SqliteStore) -> Result<Vec<(MigrationDef, Handler<App>)>, Err
                 "derive_pace_streams",
                 "Derive PACE streams (seconds per kilometre) from SPEED streams",
             )?,
-            // Async, on the runner's generic batched helper: not atomic, so idempotent.
-            waymark::batched(derive_pace_batch),
+            // Async resumable batches, on any store: not atomic, so idempotent.
+            Handler::resumable(derive_pace_batch),
         ),
     ])
 }

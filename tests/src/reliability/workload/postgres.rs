@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
-use waymark_core::{Error, Handler, MigrationContext, MigrationStore};
+use waymark_core::store::{LockRequest, LockScope};
+use waymark_core::{BoxError, Error, MigrationContext, MigrationStore};
 use waymark_postgres::PostgresStore;
-use waymark_runner::Runner;
+use waymark_runner::{Handler, Runner};
 
 use super::{
     ATOMIC, ATOMIC_LATE, BATCH, BATCHED, FLAKY, PAUSE, PLAIN, PLAIN_BATCH, PLAIN_BATCHED, Snapshot,
@@ -43,21 +44,23 @@ impl PgApp {
 }
 
 /// The runner of `variant` on `store`.
-pub fn runner(store: &PostgresStore, variant: Variant) -> Result<Runner<PgApp>, Error> {
+pub fn runner(
+    store: &PostgresStore,
+    variant: Variant,
+) -> Result<Runner<PgApp, PostgresStore>, Error> {
     let mut builder = Runner::builder(store.clone()).lock_wait(Duration::from_secs(120));
     for &id in variant.ids() {
-        builder = builder.migration(definition(id)?, handler(store, id));
+        builder = builder.migration(definition(id)?, handler(id));
     }
     builder.build()
 }
 
-fn handler(store: &PostgresStore, id: i64) -> Handler<PgApp> {
+fn handler(id: i64) -> Handler<PgApp, PostgresStore> {
     match id {
         PLAIN => Handler::async_fn(|ctx: MigrationContext<PgApp>| async move {
-            log_plain(&ctx.state().client, ctx.id().get()).await?;
-            Ok(())
+            log_plain(&ctx.state().client, ctx.id().get()).await
         }),
-        ATOMIC | ATOMIC_LATE => store.atomic(|tx, ctx| {
+        ATOMIC | ATOMIC_LATE => Handler::atomic(|tx, ctx| {
             Box::pin(async move {
                 let id = ctx.id().get();
                 tx.execute(
@@ -71,10 +74,10 @@ fn handler(store: &PostgresStore, id: i64) -> Handler<PgApp> {
                     &[&id],
                 )
                 .await?;
-                Ok(())
+                Ok::<(), BoxError>(())
             })
         }),
-        BATCHED => store.batched(|tx, from, _ctx| {
+        BATCHED => Handler::batched(|tx, from, _ctx| {
             Box::pin(async move {
                 let (after, last, step) = batch_step(from, BATCH)?;
                 let batch = after / BATCH + 1;
@@ -85,10 +88,10 @@ fn handler(store: &PostgresStore, id: i64) -> Handler<PgApp> {
                         tokio::time::sleep(PAUSE).await;
                     }
                 }
-                Ok(step)
+                Ok::<_, BoxError>(step)
             })
         }),
-        PLAIN_BATCHED => waymark_runner::batched(|app: std::sync::Arc<PgApp>, from| async move {
+        PLAIN_BATCHED => Handler::resumable(|app: std::sync::Arc<PgApp>, from| async move {
             let (after, last, step) = batch_step(from.as_deref(), PLAIN_BATCH)?;
             // One statement, so the upserts and their log commit together.
             app.client
@@ -101,14 +104,14 @@ fn handler(store: &PostgresStore, id: i64) -> Handler<PgApp> {
                 )
                 .await?;
             tokio::time::sleep(PAUSE).await;
-            Ok(step)
+            Ok::<_, BoxError>(step)
         }),
         _ => Handler::async_fn(|ctx: MigrationContext<PgApp>| async move {
             if let Some(failure) = flaky_failure(ctx.migration().attempts) {
                 return Err(failure);
             }
             log_plain(&ctx.state().client, FLAKY).await?;
-            Ok(())
+            Ok::<(), BoxError>(())
         }),
     }
 }
@@ -178,8 +181,14 @@ async fn read_data(admin: &Client) -> Result<Snapshot, tokio_postgres::Error> {
     Ok(data)
 }
 
-/// Whether the run lock of `store` is free right now: taken without any
+/// Whether both locks of `store` are free right now: taken without any
 /// wait (`pg_try_advisory_lock`), then released.
 pub async fn lock_is_free(store: &PostgresStore) -> Result<(), Error> {
-    store.lock(Duration::ZERO).await.map(drop)
+    for scope in [LockScope::Run, LockScope::Background] {
+        store
+            .lock(&LockRequest::new(scope, Duration::ZERO))
+            .await
+            .map(drop)?;
+    }
+    Ok(())
 }

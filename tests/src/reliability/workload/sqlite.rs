@@ -4,8 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use waymark_core::{Error, Handler, MigrationContext, MigrationStore};
-use waymark_runner::Runner;
+use waymark_core::store::{LockRequest, LockScope};
+use waymark_core::{BoxError, Error, MigrationContext, MigrationStore};
+use waymark_runner::{Handler, Runner};
 use waymark_sqlite::SqliteStore;
 use waymark_sqlite::rusqlite::{self, Connection, params};
 
@@ -44,28 +45,30 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 /// The runner of `variant` on `store`, its data in the same file.
-pub fn runner(store: &SqliteStore, variant: Variant) -> Result<Runner<SqliteApp>, Error> {
+pub fn runner(
+    store: &SqliteStore,
+    variant: Variant,
+) -> Result<Runner<SqliteApp, SqliteStore>, Error> {
     let mut builder = Runner::builder(store.clone()).lock_wait(Duration::from_secs(120));
     for &id in variant.ids() {
-        builder = builder.migration(definition(id)?, handler(store, id));
+        builder = builder.migration(definition(id)?, handler(id));
     }
     builder.build()
 }
 
-fn handler(store: &SqliteStore, id: i64) -> Handler<SqliteApp> {
+fn handler(id: i64) -> Handler<SqliteApp, SqliteStore> {
     match id {
         PLAIN => Handler::blocking_fn(|ctx: MigrationContext<SqliteApp>| {
-            log_plain(&ctx.state().path, ctx.id().get())?;
-            Ok(())
+            log_plain(&ctx.state().path, ctx.id().get())
         }),
-        ATOMIC | ATOMIC_LATE => store.atomic(|tx, ctx: &MigrationContext<SqliteApp>| {
+        ATOMIC | ATOMIC_LATE => Handler::atomic(|tx, ctx: &MigrationContext<SqliteApp>| {
             let id = ctx.id().get();
             tx.execute("INSERT INTO atomic_log VALUES (?1, 'first')", [id])?;
             std::thread::sleep(PAUSE);
             tx.execute("INSERT INTO atomic_log VALUES (?1, 'second')", [id])?;
-            Ok(())
+            Ok::<(), BoxError>(())
         }),
-        BATCHED => store.batched(|tx, from, _ctx: &MigrationContext<SqliteApp>| {
+        BATCHED => Handler::batched(|tx, from, _ctx: &MigrationContext<SqliteApp>| {
             let (after, last, step) = batch_step(from, BATCH)?;
             let batch = after / BATCH + 1;
             for item in after + 1..=last {
@@ -74,9 +77,9 @@ fn handler(store: &SqliteStore, id: i64) -> Handler<SqliteApp> {
                     std::thread::sleep(PAUSE);
                 }
             }
-            Ok(step)
+            Ok::<_, BoxError>(step)
         }),
-        PLAIN_BATCHED => waymark_runner::batched_blocking(|app: &SqliteApp, from| {
+        PLAIN_BATCHED => Handler::resumable_blocking(|app: &SqliteApp, from| {
             let (after, last, step) = batch_step(from, PLAIN_BATCH)?;
             let mut conn = connect(&app.path)?;
             let tx = conn.transaction()?;
@@ -86,14 +89,14 @@ fn handler(store: &SqliteStore, id: i64) -> Handler<SqliteApp> {
             }
             tx.commit()?;
             std::thread::sleep(PAUSE);
-            Ok(step)
+            Ok::<_, BoxError>(step)
         }),
         _ => Handler::blocking_fn(|ctx: MigrationContext<SqliteApp>| {
             if let Some(failure) = flaky_failure(ctx.migration().attempts) {
                 return Err(failure);
             }
             log_plain(&ctx.state().path, FLAKY)?;
-            Ok(())
+            Ok::<(), BoxError>(())
         }),
     }
 }
@@ -148,8 +151,14 @@ fn read_data(conn: &Connection) -> rusqlite::Result<Snapshot> {
     Ok(data)
 }
 
-/// Whether the run lock of `store` is free right now: taken without any
+/// Whether both locks of `store` are free right now: taken without any
 /// wait, then released.
 pub async fn lock_is_free(store: &SqliteStore) -> Result<(), Error> {
-    store.lock(Duration::ZERO).await.map(drop)
+    for scope in [LockScope::Run, LockScope::Background] {
+        store
+            .lock(&LockRequest::new(scope, Duration::ZERO))
+            .await
+            .map(drop)?;
+    }
+    Ok(())
 }
