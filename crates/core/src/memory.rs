@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use crate::migration::now_utc;
 use crate::store::{
-    LockGuard, LockRequest, LockScope, RowChange, check_unique_ids, name_conflict,
+    LockGuard, LockRequest, LockScope, PreparePlan, RowChange, check_unique_ids, name_conflict,
 };
 use crate::{Error, Migration, MigrationDef, MigrationId, MigrationStore};
 
@@ -88,6 +88,19 @@ impl MigrationStore for MemoryStore {
             .unwrap_or_else(|poison| poison.into_inner())
             .prepared = true;
         Ok(())
+    }
+
+    async fn plan_prepare(&self) -> Result<PreparePlan, Error> {
+        let prepared = self
+            .state
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .prepared;
+        Ok(PreparePlan {
+            table: "the memory store".to_owned(),
+            create: !prepared,
+            ..PreparePlan::default()
+        })
     }
 
     async fn register(&self, defs: &[MigrationDef]) -> Result<(), Error> {

@@ -11,6 +11,7 @@
 mod atomic;
 mod in_flight;
 mod lock;
+mod shape;
 pub mod sql;
 
 use std::sync::Arc;
@@ -26,6 +27,10 @@ pub use atomic::{
 };
 pub use in_flight::{InFlight, InFlightGuard};
 pub use lock::{HeldLock, LockGuard, LockRequest, LockScope};
+pub use shape::{
+    AddedColumn, AdoptionChoices, AmbiguousRows, AmbiguousRowsRefused, FoundColumn, FoundTable,
+    NullExecuted, PreparePlan, TableChange, TypeClass, plan_table,
+};
 
 /// One change to one tracked row, as [`MigrationStore::update`] applies it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +102,16 @@ pub trait MigrationStore: Send + Sync + 'static {
     /// a shared mode override it.
     async fn lock_or_wait(&self, request: &LockRequest) -> Result<Option<LockGuard>, Error> {
         self.lock(request).await.map(Some)
+    }
+
+    /// What [`prepare`](Self::prepare) would create or change, without
+    /// changing anything (`waymark init --dry-run`). The default says the
+    /// store cannot tell.
+    async fn plan_prepare(&self) -> Result<PreparePlan, Error> {
+        Err(Error::invalid(
+            "dry_run",
+            "this store cannot show what prepare would change",
+        ))
     }
 
     /// The migrations not yet executed, ordered by id.
@@ -173,6 +188,9 @@ impl<S: MigrationStore + ?Sized> MigrationStore for Arc<S> {
     }
     async fn lock_or_wait(&self, request: &LockRequest) -> Result<Option<LockGuard>, Error> {
         (**self).lock_or_wait(request).await
+    }
+    async fn plan_prepare(&self) -> Result<PreparePlan, Error> {
+        (**self).plan_prepare().await
     }
     async fn pending(&self) -> Result<Vec<Migration>, Error> {
         (**self).pending().await
