@@ -9,7 +9,8 @@ use async_trait::async_trait;
 
 use crate::migration::now_utc;
 use crate::store::{
-    LockGuard, LockRequest, LockScope, PreparePlan, RowChange, check_unique_ids, name_conflict,
+    LockGuard, LockInfo, LockRequest, LockScope, PreparePlan, RowChange, check_unique_ids,
+    name_conflict,
 };
 use crate::{Error, Migration, MigrationDef, MigrationId, MigrationStore};
 
@@ -39,6 +40,26 @@ pub struct MemoryStore {
     state: Arc<Mutex<State>>,
     run_lock: Arc<tokio::sync::Mutex<()>>,
     background_lock: Arc<tokio::sync::Mutex<()>>,
+    holders: Holders,
+}
+
+/// Who holds each lock, for [`MigrationStore::locks`].
+type Holders = Arc<Mutex<Vec<LockInfo>>>;
+
+/// A held lock: the mutex guard, and the holder's entry removed on drop.
+struct Held {
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    scope: LockScope,
+    holders: Holders,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.holders
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .retain(|info| info.scope != self.scope);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -180,9 +201,29 @@ impl MigrationStore for MemoryStore {
             _ => &self.run_lock,
         });
         let wait: Duration = request.wait;
-        match tokio::time::timeout(wait, lock.lock_owned()).await {
-            Ok(guard) => Ok(LockGuard::new(guard)),
-            Err(_) => Err(Error::LockTimeout { waited: wait }),
-        }
+        let guard = match tokio::time::timeout(wait, lock.lock_owned()).await {
+            Ok(guard) => guard,
+            Err(_) => return Err(Error::LockTimeout { waited: wait }),
+        };
+        let mut info = LockInfo::new(request.scope);
+        info.holder = Some(request.holder.clone());
+        info.since = Some(now_utc());
+        self.holders
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push(info);
+        Ok(LockGuard::new(Held {
+            _guard: guard,
+            scope: request.scope,
+            holders: Arc::clone(&self.holders),
+        }))
+    }
+
+    async fn locks(&self) -> Result<Vec<LockInfo>, Error> {
+        Ok(self
+            .holders
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone())
     }
 }

@@ -4,6 +4,9 @@ use std::any::Any;
 use std::fmt;
 use std::time::Duration;
 
+use serde::Serialize;
+use time::OffsetDateTime;
+
 use crate::Error;
 
 /// Which of a table's locks a caller wants.
@@ -11,7 +14,8 @@ use crate::Error;
 /// Each scope is a separate lock: a replica running a long background
 /// migration does not keep a newer release's required migrations from
 /// starting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum LockScope {
     /// Held while required migrations run, and by operators' repairs.
@@ -52,12 +56,110 @@ pub struct LockRequest {
     pub scope: LockScope,
     /// How long to wait for it; zero tries once.
     pub wait: Duration,
+    /// Who asks: recorded with the lock where the backend allows it, so
+    /// that operators can see who holds it.
+    pub holder: LockHolder,
 }
 
 impl LockRequest {
-    /// A request for the `scope` lock, waiting up to `wait`.
+    /// A request for the `scope` lock, waiting up to `wait`, by this
+    /// process ([`LockHolder::this_process`]).
     pub fn new(scope: LockScope, wait: Duration) -> Self {
-        Self { scope, wait }
+        Self {
+            scope,
+            wait,
+            holder: LockHolder::this_process(),
+        }
+    }
+
+    /// The same request, on behalf of `holder`.
+    pub fn with_holder(mut self, holder: LockHolder) -> Self {
+        self.holder = holder;
+        self
+    }
+}
+
+/// Who holds a lock (or asks for one): where the backend allows it, the
+/// store records this with the lock, and [`locks`](super::MigrationStore::locks)
+/// shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct LockHolder {
+    /// The host name.
+    pub host: String,
+    /// The process id on that host.
+    pub pid: u32,
+    /// The application: the name of its executable unless set.
+    pub application: String,
+}
+
+impl LockHolder {
+    /// This process: the machine's host name, the process id and the name
+    /// of the running executable.
+    pub fn this_process() -> Self {
+        let application = std::env::current_exe()
+            .ok()
+            .and_then(|path| path.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "unknown".to_owned());
+        Self {
+            host: host_name(),
+            pid: std::process::id(),
+            application,
+        }
+    }
+
+    /// This process under another application name (what the CLI and the
+    /// runner pass: the application's name, not the binary's).
+    pub fn named(application: impl Into<String>) -> Self {
+        Self {
+            application: application.into(),
+            ..Self::this_process()
+        }
+    }
+
+    /// `application (pid N on HOST)`, how messages name a holder.
+    pub fn describe(&self) -> String {
+        format!("{} (pid {} on {})", self.application, self.pid, self.host)
+    }
+}
+
+/// The host name, from the kernel on Linux, then the usual variables.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .unwrap_or_else(|| "unknown-host".to_owned())
+}
+
+/// A lock that is held, as [`locks`](super::MigrationStore::locks) reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct LockInfo {
+    /// Which lock.
+    pub scope: LockScope,
+    /// Who holds it, when the backend recorded it (a holder of an older
+    /// version records nothing).
+    pub holder: Option<LockHolder>,
+    /// Since when, when known.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub since: Option<OffsetDateTime>,
+    /// What the backend knows besides (a PostgreSQL backend pid and client
+    /// address, a lock file's path).
+    pub detail: Option<String>,
+}
+
+impl LockInfo {
+    /// A held `scope` lock, holder and time unknown.
+    pub fn new(scope: LockScope) -> Self {
+        Self {
+            scope,
+            holder: None,
+            since: None,
+            detail: None,
+        }
     }
 }
 

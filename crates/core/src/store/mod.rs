@@ -26,7 +26,7 @@ pub use atomic::{
     AtomicError, AtomicFn, AtomicStore, BatchFn, BoxFuture, check_advance, confirm_commit,
 };
 pub use in_flight::{InFlight, InFlightGuard};
-pub use lock::{HeldLock, LockGuard, LockRequest, LockScope};
+pub use lock::{HeldLock, LockGuard, LockHolder, LockInfo, LockRequest, LockScope};
 pub use shape::{
     AddedColumn, AdoptionChoices, AmbiguousRows, AmbiguousRowsRefused, FoundColumn, FoundTable,
     NullExecuted, PreparePlan, TableChange, TypeClass, plan_table,
@@ -114,6 +114,15 @@ pub trait MigrationStore: Send + Sync + 'static {
         ))
     }
 
+    /// The locks held now, and by whom where the backend records it. The
+    /// default says the store cannot tell.
+    async fn locks(&self) -> Result<Vec<LockInfo>, Error> {
+        Err(Error::invalid(
+            "locks",
+            "this store cannot tell who holds its locks",
+        ))
+    }
+
     /// The migrations not yet executed, ordered by id.
     async fn pending(&self) -> Result<Vec<Migration>, Error> {
         let mut rows = self.list().await?;
@@ -191,6 +200,9 @@ impl<S: MigrationStore + ?Sized> MigrationStore for Arc<S> {
     }
     async fn plan_prepare(&self) -> Result<PreparePlan, Error> {
         (**self).plan_prepare().await
+    }
+    async fn locks(&self) -> Result<Vec<LockInfo>, Error> {
+        (**self).locks().await
     }
     async fn pending(&self) -> Result<Vec<Migration>, Error> {
         (**self).pending().await
