@@ -17,6 +17,9 @@
 //! parallel without seeing each other's tables or advisory locks. A test
 //! that stops and starts the server gets a cluster of its own
 //! ([`PrivateCluster`]).
+//!
+//! [`AtomicPostgres`] is the store as the atomic conformance suite drives
+//! it ([`fresh_atomic_db`]).
 
 use std::env;
 use std::ffi::OsStr;
@@ -27,12 +30,20 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio_postgres::NoTls;
-use waymark_core::MigrationStore;
-use waymark_core::testkit::TestStore;
+use tokio_postgres::{NoTls, Transaction};
+use waymark_core::store::{
+    AtomicError, AtomicFn, AtomicStore, BatchFn, BoxFuture, LockGuard, LockRequest, RowChange,
+};
+use waymark_core::testkit::{AtomicDb, AtomicFixture, BatchPlan, TestStore};
+use waymark_core::run::new_context;
+use waymark_core::{
+    BatchStep, BoxError, CancellationToken, Error, Migration, MigrationContext, MigrationDef,
+    MigrationId, MigrationStore, async_trait,
+};
 use waymark_postgres::{PostgresConfig, PostgresStore};
 
 /// The variable naming an existing server to use instead of a throwaway one.
@@ -126,6 +137,12 @@ static NEXT_DATABASE: AtomicU64 = AtomicU64::new(0);
 
 /// Creates an empty database with a unique name on the shared server.
 pub async fn fresh_database() -> TestDatabase {
+    fresh_database_with("").await
+}
+
+/// [`fresh_database`] created with `options` after `CREATE DATABASE name`,
+/// such as `ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`.
+pub async fn fresh_database_with(options: &str) -> TestDatabase {
     let server = server();
     let name = format!(
         "waymark_{}_{}",
@@ -134,7 +151,7 @@ pub async fn fresh_database() -> TestDatabase {
     );
     let admin = connect(&server.urls.for_database("postgres")).await;
     admin
-        .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+        .batch_execute(&format!("CREATE DATABASE \"{name}\" {options}"))
         .await
         .unwrap_or_else(|e| panic!("creating test database {name}: {e:?}"));
     TestDatabase {
@@ -169,6 +186,275 @@ pub async fn fresh_test_store() -> TestStore {
         }),
         db,
     )
+}
+
+/// The store as the atomic conformance suite drives it: a [`PostgresStore`]
+/// under another name, because the suite's [`AtomicFixture`] (core's) can
+/// only be implemented for a type of this crate. Every call goes to the
+/// store itself, its faster overrides included.
+#[derive(Debug, Clone)]
+pub struct AtomicPostgres(pub PostgresStore);
+
+/// A fresh database for one test of the atomic suite.
+pub async fn fresh_atomic_db() -> AtomicDb<AtomicPostgres> {
+    let (store, db) = fresh_store().await;
+    AtomicDb::new(AtomicPostgres(store), db)
+}
+
+#[async_trait]
+impl MigrationStore for AtomicPostgres {
+    async fn prepare(&self) -> Result<(), Error> {
+        self.0.prepare().await
+    }
+    async fn register(&self, defs: &[MigrationDef]) -> Result<(), Error> {
+        self.0.register(defs).await
+    }
+    async fn list(&self) -> Result<Vec<Migration>, Error> {
+        self.0.list().await
+    }
+    async fn update(&self, id: MigrationId, change: RowChange<'_>) -> Result<(), Error> {
+        self.0.update(id, change).await
+    }
+    async fn lock(&self, request: &LockRequest) -> Result<LockGuard, Error> {
+        self.0.lock(request).await
+    }
+    async fn lock_or_wait(&self, request: &LockRequest) -> Result<Option<LockGuard>, Error> {
+        self.0.lock_or_wait(request).await
+    }
+    async fn pending(&self) -> Result<Vec<Migration>, Error> {
+        self.0.pending().await
+    }
+    async fn get(&self, id: MigrationId) -> Result<Migration, Error> {
+        self.0.get(id).await
+    }
+    async fn is_settled(&self, fingerprint: &str) -> Result<bool, Error> {
+        self.0.is_settled(fingerprint).await
+    }
+    async fn mark_executed(&self, id: MigrationId) -> Result<(), Error> {
+        self.0.mark_executed(id).await
+    }
+    async fn mark_pending(&self, id: MigrationId) -> Result<(), Error> {
+        self.0.mark_pending(id).await
+    }
+    async fn record_success(&self, id: MigrationId) -> Result<(), Error> {
+        self.0.record_success(id).await
+    }
+    async fn record_failure(&self, id: MigrationId, error: &str) -> Result<(), Error> {
+        self.0.record_failure(id, error).await
+    }
+    async fn save_checkpoint(&self, id: MigrationId, checkpoint: &str) -> Result<(), Error> {
+        self.0.save_checkpoint(id, checkpoint).await
+    }
+}
+
+impl AtomicStore for AtomicPostgres {
+    type Tx<'t> = <PostgresStore as AtomicStore>::Tx<'t>;
+    type Output<'t, R: Send + 't> = <PostgresStore as AtomicStore>::Output<'t, R>;
+
+    fn map_output<'t, A: Send + 't, B: Send + 't>(
+        out: Self::Output<'t, A>,
+        f: impl FnOnce(A) -> B + Send + 't,
+    ) -> Self::Output<'t, B> {
+        PostgresStore::map_output(out, f)
+    }
+
+    fn execute_atomic<S: Send + Sync + 'static>(
+        &self,
+        work: AtomicFn<S, Self>,
+        ctx: Arc<MigrationContext<S>>,
+    ) -> impl Future<Output = Result<(), AtomicError>> + Send + 'static {
+        self.0.execute_atomic(work, ctx)
+    }
+
+    fn execute_batch<S: Send + Sync + 'static>(
+        &self,
+        work: BatchFn<S, Self>,
+        ctx: Arc<MigrationContext<S>>,
+        from: Option<String>,
+    ) -> impl Future<Output = Result<BatchStep, AtomicError>> + Send + 'static {
+        self.0.execute_batch(work, ctx, from)
+    }
+}
+
+/// An atomic handler's body for a [`PostgresStore`], from a closure over its
+/// transaction, as `Handler::atomic` takes it: for tests that call
+/// [`AtomicStore::execute_atomic`] themselves.
+pub fn atomic_fn<S, F>(f: F) -> AtomicFn<S, PostgresStore>
+where
+    F: for<'t> Fn(
+            &'t Transaction<'t>,
+            &'t MigrationContext<S>,
+        ) -> BoxFuture<'t, Result<(), BoxError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    Arc::new(f)
+}
+
+/// A batched atomic handler's body for a [`PostgresStore`], as
+/// `Handler::batched` takes it.
+pub fn batch_fn<S, F>(f: F) -> BatchFn<S, PostgresStore>
+where
+    F: for<'t> Fn(
+            &'t Transaction<'t>,
+            Option<&'t str>,
+            &'t MigrationContext<S>,
+        ) -> BoxFuture<'t, Result<BatchStep, BoxError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    Arc::new(f)
+}
+
+/// The context the runner gives an atomic handler of migration `row`
+/// (state `()`, no progress, `cancel` as its cancellation).
+pub fn context_with(
+    store: &PostgresStore,
+    row: Migration,
+    cancel: CancellationToken,
+) -> Arc<MigrationContext<()>> {
+    let shared: Arc<dyn MigrationStore> = Arc::new(store.clone());
+    Arc::new(new_context(Arc::new(()), row, shared, None, cancel))
+}
+
+/// [`context_with`] a cancellation that never fires.
+pub fn context(store: &PostgresStore, row: Migration) -> Arc<MigrationContext<()>> {
+    context_with(store, row, CancellationToken::new())
+}
+
+/// The superuser URL of `db` with `options` (libpq's `-c name=value`
+/// session settings, as a URL would carry them).
+pub fn url_with_options(db: &TestDatabase, options: &str) -> String {
+    let encoded = options.replace(' ', "%20").replace('=', "%3D");
+    let separator = if db.url().contains('?') { '&' } else { '?' };
+    format!("{}{separator}options={encoded}", db.url())
+}
+
+/// The suite's data table, created by the first body that writes to it.
+const CREATE_DATA: &str = "CREATE TABLE IF NOT EXISTS waymark_suite_data (v BIGINT NOT NULL)";
+
+/// An atomic body from a closure over the transaction (pins down its
+/// higher-ranked signature).
+fn atomic_body<S, F>(f: F) -> AtomicFn<S, AtomicPostgres>
+where
+    F: for<'t> Fn(
+            &'t Transaction<'t>,
+            &'t MigrationContext<S>,
+        ) -> BoxFuture<'t, Result<(), BoxError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    Arc::new(f)
+}
+
+fn batch_body<F>(f: F) -> BatchFn<BatchPlan, AtomicPostgres>
+where
+    F: for<'t> Fn(
+            &'t Transaction<'t>,
+            Option<&'t str>,
+            &'t MigrationContext<BatchPlan>,
+        ) -> BoxFuture<'t, Result<BatchStep, BoxError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    Arc::new(f)
+}
+
+impl AtomicFixture for AtomicPostgres {
+    fn insert<S: Send + Sync + 'static>(value: i64) -> AtomicFn<S, Self> {
+        atomic_body(move |tx, _ctx| {
+            Box::pin(async move {
+                tx.batch_execute(CREATE_DATA).await?;
+                tx.execute("INSERT INTO waymark_suite_data (v) VALUES ($1)", &[&value])
+                    .await?;
+                Ok::<(), BoxError>(())
+            })
+        })
+    }
+
+    fn batch() -> BatchFn<BatchPlan, Self> {
+        batch_body(|tx, from, ctx| {
+            Box::pin(async move {
+                let plan = *ctx.state();
+                let after: i64 = from.map(str::parse).transpose()?.unwrap_or(0);
+                let last = (after + plan.per_batch).min(plan.last);
+                tx.batch_execute(CREATE_DATA).await?;
+                tx.execute(
+                    "INSERT INTO waymark_suite_data (v) \
+                     SELECT generate_series($1::BIGINT, $2::BIGINT)",
+                    &[&(after + 1), &last],
+                )
+                .await?;
+                let processed = u64::try_from(last - after).unwrap_or(0);
+                Ok::<_, BoxError>(if last >= plan.last {
+                    BatchStep::done(processed)
+                } else if plan.stall {
+                    BatchStep::next(from.unwrap_or("0"), processed)
+                } else {
+                    BatchStep::next(last.to_string(), processed)
+                })
+            })
+        })
+    }
+
+    fn endless<S: Send + Sync + 'static>() -> AtomicFn<S, Self> {
+        atomic_body(|tx, _ctx| {
+            Box::pin(async move {
+                tx.batch_execute(CREATE_DATA).await?;
+                tx.execute("INSERT INTO waymark_suite_data (v) VALUES (1)", &[])
+                    .await?;
+                tx.execute("SELECT pg_sleep(3600)", &[]).await?;
+                Ok::<(), BoxError>(())
+            })
+        })
+    }
+
+    fn values(&self) -> impl Future<Output = Vec<i64>> + Send {
+        let pool = self.0.pool().clone();
+        async move {
+            let client = pool.get().await.expect("a pooled connection");
+            let exists: bool = client
+                .query_one("SELECT to_regclass('waymark_suite_data') IS NOT NULL", &[])
+                .await
+                .expect("looking for the data table")
+                .get(0);
+            if !exists {
+                return Vec::new();
+            }
+            client
+                .query("SELECT v FROM waymark_suite_data ORDER BY v", &[])
+                .await
+                .expect("reading the data table")
+                .iter()
+                .map(|row| row.get(0))
+                .collect()
+        }
+    }
+
+    /// Any other client session of the test's database running a
+    /// statement or inside a transaction (so possibly holding locks).
+    fn busy(&self) -> impl Future<Output = bool> + Send {
+        let pool = self.0.pool().clone();
+        async move {
+            let client = pool.get().await.expect("a pooled connection");
+            client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                       AND backend_type = 'client backend' \
+                       AND state IN ('active', 'idle in transaction', \
+                                     'idle in transaction (aborted)'))",
+                    &[],
+                )
+                .await
+                .expect("reading pg_stat_activity")
+                .get(0)
+        }
+    }
 }
 
 impl TestDatabase {

@@ -8,13 +8,15 @@ use waymark_core::{Error, Migration, MigrationId};
 
 use crate::PostgresStore;
 use crate::conn::Conn;
-use crate::error::{self, Failure, PoolTimeouts, timed_out};
+use crate::error::{self, Failure, Limit, PoolTimeouts, timed_out};
 use crate::row;
 
 /// The body of a store call: a closure that owns the connection while
 /// `$work` runs with it, then hands it back with the result. `?` in `$work`
 /// ends the body, not the call. Owning rather than borrowing keeps the
-/// future free of higher-ranked lifetimes, which `Send` checks reject.
+/// future free of higher-ranked lifetimes, which `Send` checks reject, and
+/// lets a call that passes its limit drop the connection mid-statement
+/// (which cancels the statement, see [`Conn`]).
 macro_rules! body {
     (|$conn:ident| $work:expr) => {
         move |#[allow(unused_mut)] mut $conn: Conn| async move {
@@ -47,26 +49,33 @@ impl PostgresStore {
             wait: limit,
         };
         match tokio::time::timeout(limit, self.pool().get()).await {
-            Ok(Ok(object)) => Ok(Conn::new(object)),
+            Ok(Ok(object)) => Ok(Conn::new(object, self.canceller().clone())),
             Ok(Err(e)) => Err(error::pool(self.server(), e, timeouts)),
             Err(_) => Err(Error::store(
                 format!("connecting to PostgreSQL at {}", self.server()),
-                timed_out(limit, "no connection became available"),
+                timed_out(Limit::PoolWait, limit, "no connection became available"),
             )),
         }
     }
 
-    /// Runs one store call on a pooled connection, within the call limit.
+    /// Runs one store call on a pooled connection.
+    ///
+    /// Each attempt runs within the statement timeout, on the client: the
+    /// server's own `statement_timeout` is the session's, left to the
+    /// application (it also governs atomic handlers' statements). When the
+    /// limit passes, the attempt's connection is dropped mid-statement,
+    /// which sends the server a cancel request and closes it.
     ///
     /// The connection goes back to the pool only when `body` has run to its
     /// end without a server or driver error; otherwise it is closed, never
-    /// reused in an unknown state (abandoned mid-statement, or its session
-    /// ended by the server). A [`Retry::Once`] call that lost its connection
-    /// runs once more on another: after a server restart or a terminated
-    /// backend the pool recovers without the caller seeing it.
+    /// reused in an unknown state (its session ended by the server, say). A
+    /// [`Retry::Once`] call that lost its connection runs once more on
+    /// another: after a server restart or a terminated backend the pool
+    /// recovers without the caller seeing it. A missing table (or schema)
+    /// is [`Error::NotInitialised`].
     ///
     /// `body` owns the connection while it runs and hands it back with its
-    /// result (see [`body!`]), so a cancelled call drops it mid-way.
+    /// result (see [`body!`]).
     pub(crate) async fn call<T, F, Fut>(
         &self,
         doing: &str,
@@ -77,52 +86,61 @@ impl PostgresStore {
         F: Fn(Conn) -> Fut,
         Fut: Future<Output = (Conn, Result<T, Failure>)>,
     {
-        let limit = self
-            .connect_timeout()
-            .saturating_add(self.statement_timeout().saturating_mul(2));
-        let run = async {
-            let mut retried = false;
-            loop {
-                let conn = self.checkout().await?;
-                let (conn, result) = body(conn).await;
-                match result {
-                    Ok(value) => {
-                        conn.release();
-                        return Ok(value);
+        let limit = self.statement_timeout();
+        let mut retried = false;
+        loop {
+            let conn = self.checkout().await?;
+            let Ok((conn, result)) = tokio::time::timeout(limit, body(conn)).await else {
+                return Err(Error::store(
+                    self.context(doing),
+                    timed_out(
+                        Limit::Statement,
+                        limit,
+                        "no answer from the server (its statement was cancelled)",
+                    ),
+                ));
+            };
+            match result {
+                Ok(value) => {
+                    conn.release();
+                    return Ok(value);
+                }
+                Err(Failure::Done(e)) => {
+                    conn.release();
+                    return Err(e);
+                }
+                Err(Failure::Pg(e)) => {
+                    conn.discard();
+                    if retry == Retry::Once && !retried && error::connection_lost(&e) {
+                        tracing::debug!(error = %e, "connection lost; retrying {doing}");
+                        retried = true;
+                        continue;
                     }
-                    Err(Failure::Done(e)) => {
-                        conn.release();
-                        return Err(e);
-                    }
-                    Err(Failure::Pg(e)) => {
-                        drop(conn);
-                        if retry == Retry::Once && !retried && error::connection_lost(&e) {
-                            tracing::debug!(error = %e, "connection lost; retrying {doing}");
-                            retried = true;
-                            continue;
-                        }
-                        return Err(error::pg(self.context(doing), e));
-                    }
+                    return Err(self.pg_error(doing, e));
                 }
             }
-        };
-        match tokio::time::timeout(limit, run).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::store(
-                self.context(doing),
-                timed_out(limit, "no answer from the server"),
-            )),
         }
     }
 
-    /// One UPDATE of one migration's row; no row is [`Error::NotFound`].
-    pub(crate) async fn update(
+    /// The error of a server or driver failure while `doing` something:
+    /// [`Error::NotInitialised`] when the table or its schema is missing.
+    pub(crate) fn pg_error(&self, doing: &str, e: tokio_postgres::Error) -> Error {
+        if error::missing_table(&e) {
+            self.not_initialised()
+        } else {
+            error::pg(self.context(doing), e)
+        }
+    }
+
+    /// One UPDATE of one migration's row (`$1` its id, then `values`); no
+    /// row is [`Error::NotFound`].
+    pub(crate) async fn update_row(
         &self,
         doing: &str,
         retry: Retry,
         statement: &str,
         id: MigrationId,
-        value: &(dyn ToSql + Sync),
+        values: &[&(dyn ToSql + Sync)],
     ) -> Result<(), Error> {
         let raw = id.get();
         self.call(
@@ -130,8 +148,11 @@ impl PostgresStore {
             retry,
             body!(|conn| {
                 let statement = conn.prepare_cached(statement).await?;
-                match conn.execute(&statement, &[&raw, value]).await? {
-                    0 => Err(Error::NotFound { id: raw }.into()),
+                let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(1 + values.len());
+                params.push(&raw);
+                params.extend_from_slice(values);
+                match conn.execute(&statement, &params).await? {
+                    0 => Err(Error::NotFound { id }.into()),
                     _ => Ok(()),
                 }
             }),
@@ -139,6 +160,7 @@ impl PostgresStore {
         .await
     }
 
+    /// The rows a parameterless SELECT of [`crate::sql`] returns.
     pub(crate) async fn select(
         &self,
         doing: &str,

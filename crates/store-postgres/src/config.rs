@@ -97,11 +97,23 @@ impl PostgresConfig {
         self
     }
 
-    /// How long one statement may run (default 60 s): set as the server's
-    /// `statement_timeout` on the store's own connections, and enforced on
-    /// the client for each store call. Atomic handlers run on the same
-    /// connections: a handler whose statements take longer raises it with
-    /// `SET LOCAL statement_timeout` in its transaction.
+    /// How long each of the store's own calls may wait for the server
+    /// (default 60 s): a read, a registration, a row change, the
+    /// bookkeeping and commit that end an atomic handler's transaction.
+    ///
+    /// It limits waymark's statements only. The store enforces it on the
+    /// client, and when it passes sends the server a cancel request for
+    /// the statement, so nothing is left running; the bookkeeping at the
+    /// end of an atomic transaction also runs under `SET LOCAL
+    /// statement_timeout`. An atomic handler's own statements run under the
+    /// session's setting: the server's, the role's or the database's
+    /// `statement_timeout`, or one the URL sets (`options=-c
+    /// statement_timeout=…`), none by default; a long backfill is limited
+    /// by the migration's timeout in the runner, not by this. An error
+    /// caused by this limit names it (`PostgresConfig::statement_timeout`).
+    ///
+    /// Also bounds, with the connect timeout, how long a call waits for a
+    /// pooled connection, and, added to the wait asked for, taking a lock.
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
         self.statement_timeout = timeout;
         self
@@ -184,17 +196,9 @@ impl PostgresConfig {
         }
         let connect_timeout = self.effective_connect_timeout(&pg);
         pg.connect_timeout(connect_timeout);
-        // The server enforces the statement timeout on every statement of
-        // the session; it takes at most i32::MAX milliseconds (24.8 days).
-        let limit = format!(
-            "-c statement_timeout={}",
-            self.statement_timeout.as_millis().min(i32::MAX as u128)
-        );
-        let options = match pg.get_options() {
-            Some(existing) if !existing.trim().is_empty() => format!("{existing} {limit}"),
-            _ => limit,
-        };
-        pg.options(options);
+        // No session-wide statement_timeout: atomic handlers run their own
+        // statements on these sessions, under the server's setting (see
+        // `statement_timeout`).
         if pg.get_application_name().is_none() {
             pg.application_name("waymark");
         }
@@ -272,7 +276,7 @@ impl fmt::Debug for PostgresConfig {
 /// unquoted names to lowercase, so a mixed-case table would be a different
 /// table for every tool that does not quote it.
 fn validate_identifier(field: &'static str, name: &str, max_len: usize) -> Result<(), Error> {
-    waymark_core::validate_identifier(field, name, max_len)?;
+    waymark_core::store::validate_identifier(field, name, max_len)?;
     if name.bytes().any(|b| b.is_ascii_uppercase()) {
         return Err(Error::invalid(
             field,
@@ -425,10 +429,11 @@ mod tests {
         let config = PostgresConfig::new("postgres://u@h/d?options=-c%20search_path%3Dx")
             .statement_timeout(Duration::from_millis(1500));
         let pg = config.pg_config().unwrap();
-        assert_eq!(
-            pg.get_options(),
-            Some("-c search_path=x -c statement_timeout=1500")
-        );
+        // The store's statement timeout is not the session's: handlers'
+        // statements run under the server's (and the URL's) own setting.
+        assert_eq!(pg.get_options(), Some("-c search_path=x"));
+        let plain = PostgresConfig::new("postgres://u@h/d").pg_config().unwrap();
+        assert_eq!(plain.get_options(), None);
         assert_eq!(pg.get_connect_timeout(), Some(&DEFAULT_CONNECT_TIMEOUT));
         assert_eq!(pg.get_application_name(), Some("waymark"));
         let from_url = PostgresConfig::new("postgres://u@h/d?connect_timeout=3");

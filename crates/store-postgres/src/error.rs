@@ -28,10 +28,10 @@ pub fn sqlstate(error: &(dyn StdError + 'static)) -> Option<SqlState> {
         if let Some(db) = current.downcast_ref::<DbError>() {
             return Some(db.code().clone());
         }
-        if let Some(code) = current
+        let driver = current
             .downcast_ref::<tokio_postgres::Error>()
-            .and_then(tokio_postgres::Error::code)
-        {
+            .or_else(|| current.downcast_ref::<PgError>().map(|e| &e.0));
+        if let Some(code) = driver.and_then(tokio_postgres::Error::code) {
             return Some(code.clone());
         }
         next = current.source();
@@ -39,20 +39,19 @@ pub fn sqlstate(error: &(dyn StdError + 'static)) -> Option<SqlState> {
     None
 }
 
-/// A tokio-postgres error shown on one line, SQLSTATE included. Its source
-/// is the error's own cause (the server's [`DbError`], or the I/O error), so
-/// a chain printed with `waymark_core::error_chain` says each thing once.
+/// A tokio-postgres error: its kind (`db error`, `connection closed`, …)
+/// and SQLSTATE. Its source is the error's own cause (the server's
+/// [`DbError`], or the I/O error), which its `Display` does not repeat, so
+/// every reporter of the chain says each thing once.
 #[derive(Debug)]
 pub(crate) struct PgError(tokio_postgres::Error);
 
 impl fmt::Display for PgError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // tokio-postgres' own Display is the kind alone; the cause is its source.
         write!(f, "{}", self.0)?;
         if let Some(code) = self.0.code() {
             write!(f, " [SQLSTATE {}]", code.code())?;
-        }
-        if let Some(cause) = self.0.source() {
-            write!(f, ": {cause}")?;
         }
         Ok(())
     }
@@ -99,14 +98,38 @@ pub(crate) fn connection_lost(error: &tokio_postgres::Error) -> bool {
         .is_some_and(|cause| cause.is::<std::io::Error>())
 }
 
-/// The [`Error::Store`] for `error` while doing `context`. A missing table
-/// gets a hint, since it nearly always means `prepare` was not called.
+/// Whether `error` says a table (or its schema) does not exist.
+pub(crate) fn missing_table(error: &tokio_postgres::Error) -> bool {
+    matches!(
+        error.code(),
+        Some(&SqlState::UNDEFINED_TABLE | &SqlState::INVALID_SCHEMA_NAME)
+    )
+}
+
+/// The [`Error::Store`] for `error` while doing `context`.
 pub(crate) fn pg(context: impl Into<String>, error: tokio_postgres::Error) -> Error {
-    let mut context = context.into();
-    if error.code() == Some(&SqlState::UNDEFINED_TABLE) {
-        context.push_str(" (the tracking table is missing: call prepare() first)");
-    }
     Error::store(context, PgError(error))
+}
+
+/// [`pg`] for a statement of the store's own bookkeeping, which runs under
+/// the store's statement timeout (`SET LOCAL`): when that is what cancelled
+/// it, the context says so and where the limit is set.
+pub(crate) fn pg_limited(
+    context: impl Into<String>,
+    error: tokio_postgres::Error,
+    limit: Duration,
+) -> Error {
+    let mut context = context.into();
+    let by_timeout = error.as_db_error().is_some_and(|db| {
+        db.code() == &SqlState::QUERY_CANCELED && db.message().contains("statement timeout")
+    });
+    if by_timeout {
+        context.push_str(&format!(
+            " (cancelled by the server after {limit:?}: {})",
+            Limit::Statement
+        ));
+    }
+    pg(context, error)
 }
 
 /// The [`Error::Store`] for failing to get a connection from the pool.
@@ -116,11 +139,19 @@ pub(crate) fn pool(server: &str, error: PoolError, timeouts: PoolTimeouts) -> Er
         PoolError::Backend(error) => pg(connecting, error),
         PoolError::Timeout(TimeoutType::Wait) => Error::store(
             format!("waiting for a free connection to PostgreSQL at {server}"),
-            timed_out(timeouts.wait, "every pooled connection stayed busy"),
+            timed_out(
+                Limit::PoolWait,
+                timeouts.wait,
+                "every pooled connection stayed busy",
+            ),
         ),
         PoolError::Timeout(TimeoutType::Create | TimeoutType::Recycle) => Error::store(
             connecting,
-            timed_out(timeouts.connect, "no answer from the server"),
+            timed_out(
+                Limit::Connect,
+                timeouts.connect,
+                "no answer from the server",
+            ),
         ),
         PoolError::Closed => Error::store(connecting, std::io::Error::other("the pool is closed")),
         PoolError::NoRuntimeSpecified => Error::store(
@@ -140,10 +171,45 @@ pub(crate) struct PoolTimeouts {
     pub(crate) wait: Duration,
 }
 
-/// An I/O "timed out" error saying after how long.
-pub(crate) fn timed_out(after: Duration, what: &str) -> std::io::Error {
+/// Which of the store's limits passed, for messages that say where it is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Limit {
+    /// The limit of each of the store's own calls and bookkeeping statements.
+    Statement,
+    /// Opening one connection.
+    Connect,
+    /// Getting a connection from the pool.
+    PoolWait,
+    /// Taking the lock: the wait asked for, plus the statement timeout.
+    Lock,
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Statement => {
+                "the store's statement timeout (set with PostgresConfig::statement_timeout)"
+            }
+            Self::Connect => {
+                "the connect timeout (set with PostgresConfig::connect_timeout or the URL's \
+                 connect_timeout)"
+            }
+            Self::PoolWait => {
+                "the wait for a pooled connection (the connect timeout plus the statement \
+                 timeout, set with PostgresConfig)"
+            }
+            Self::Lock => {
+                "the lock wait asked for plus the store's statement timeout (set with \
+                 PostgresConfig::statement_timeout)"
+            }
+        })
+    }
+}
+
+/// An I/O "timed out" error saying after how long, and which limit that is.
+pub(crate) fn timed_out(limit: Limit, after: Duration, what: &str) -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::TimedOut,
-        format!("{what}: timed out after {after:?}"),
+        format!("{what}: timed out after {after:?}, {limit}"),
     )
 }

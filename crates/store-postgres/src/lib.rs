@@ -7,7 +7,9 @@
 //!
 //! - **Table.** `prepare` creates `public.migrations` (schema and table are
 //!   configurable): the original four columns `id BIGINT PRIMARY KEY`,
-//!   `name VARCHAR(250)`, `description VARCHAR(2500)`, `executed BOOLEAN`,
+//!   `name TEXT`, `description TEXT` (their limits of 250 and 2500
+//!   characters are checked by `MigrationDef`, so they hold in characters on
+//!   every server encoding), `executed BOOLEAN`,
 //!   plus `executed_at TIMESTAMPTZ`, `attempts`, `last_error` and
 //!   `checkpoint`, with column comments and a partial index on pending rows.
 //!   An existing table of the original four columns is upgraded in place,
@@ -15,8 +17,11 @@
 //!   On a prepared database `prepare` is one catalog read and `register` of
 //!   a known set one query, with no transaction or lock: the steady state of
 //!   every start-up after the first.
-//! - **Run lock.** A PostgreSQL advisory lock whose key derives from schema
-//!   and table, so apps with different tables never block each other. The
+//! - **Locks.** The run lock and the background lock
+//!   ([`LockScope`](waymark_core::store::LockScope)) are PostgreSQL advisory
+//!   locks whose keys derive from the scope, schema and table, so apps with
+//!   different tables never block each other (the run lock's key is the
+//!   one every earlier version used). The
 //!   connection holding it has left the pool for good: it is never handed
 //!   back still holding the lock, and when the guard is dropped or the
 //!   process dies, the session ends and the server frees the lock at once.
@@ -24,18 +29,28 @@
 //!   when free and otherwise waits for a transaction-scoped *shared* lock
 //!   on the same key, which the server grants to every waiter together when
 //!   the holder lets go; that connection then returns to the pool.
-//! - **Atomic handlers.** [`PostgresStore::atomic`] gives a handler the
-//!   `tokio_postgres::Transaction` its success is recorded in;
-//!   [`PostgresStore::batched`] commits each batch with its checkpoint.
+//! - **Atomic handlers.** [`PostgresStore`] is an
+//!   [`AtomicStore`](waymark_core::store::AtomicStore): the runner's
+//!   `Handler::atomic(|tx, ctx| Box::pin(async move { … }))` gets the
+//!   `&tokio_postgres::Transaction` its success is recorded in, and
+//!   `Handler::batched` commits each batch with its checkpoint.
+//! - **Nothing left running.** A call abandoned mid-statement (its future
+//!   dropped, its limit passed, its migration cancelled) sends the server a
+//!   cancel request before its connection closes, so no statement keeps
+//!   running and no row stays locked.
 //! - **Errors.** Connection and server failures are
 //!   [`Error::Store`](waymark_core::Error::Store), naming host and port
 //!   (never the password), with the server's error and its SQLSTATE in the
-//!   source chain ([`sqlstate`]). Nothing waits forever: connecting,
-//!   waiting for a pooled connection and every statement have limits
-//!   ([`PostgresConfig`]).
+//!   source chain ([`sqlstate`]); a missing table is
+//!   [`Error::NotInitialised`](waymark_core::Error::NotInitialised). Nothing
+//!   waits forever: connecting, waiting for a pooled connection and every
+//!   call of the store's own have limits ([`PostgresConfig`]); the
+//!   statements of atomic handlers run under the session's own
+//!   `statement_timeout` ([`PostgresConfig::statement_timeout`]).
 //!
 //! ```no_run
 //! use std::time::Duration;
+//! use waymark_core::store::{LockRequest, LockScope};
 //! use waymark_core::{MigrationDef, MigrationStore};
 //! use waymark_postgres::PostgresStore;
 //!
@@ -43,7 +58,9 @@
 //! let store = PostgresStore::connect("postgres://app@localhost:5432/app").await?;
 //! store.prepare().await?;
 //! store.register(&[MigrationDef::new(1, "fill_pace", "Derive pace from speed")?]).await?;
-//! let _guard = store.lock(Duration::from_secs(30)).await?;
+//! let _guard = store
+//!     .lock(&LockRequest::new(LockScope::Run, Duration::from_secs(30)))
+//!     .await?;
 //! for migration in store.pending().await? {
 //!     println!("would run {} {}", migration.id, migration.name);
 //! }
@@ -64,7 +81,6 @@ mod schema;
 mod sql;
 mod store;
 
-pub use atomic::BoxFuture;
 pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_STATEMENT_TIMEOUT, PostgresConfig,
 };

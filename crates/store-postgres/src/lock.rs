@@ -1,45 +1,45 @@
-//! The run lock: a session-level PostgreSQL advisory lock held by a
-//! connection that has left the pool for good.
+//! The run and background locks: session-level PostgreSQL advisory locks
+//! held by a connection that has left the pool for good.
 //!
 //! The connection is detached from the pool before it asks for the lock, so
 //! it can never be handed to someone else still holding it (the failure of
 //! tools whose error path skips the unlock). Dropping the guard closes the
 //! connection, and the server frees the lock as the session ends; if the
-//! process dies, the socket closes and the same happens.
+//! process dies, the socket closes and the same happens. A wait abandoned
+//! half-way is cancelled on the server before its connection closes, so no
+//! session is left queued for the lock.
 
 use std::time::Duration;
 
 use deadpool_postgres::ClientWrapper;
 use tokio_postgres::error::SqlState;
-use waymark_core::{Error, HeldLock, LockGuard};
+use waymark_core::store::{HeldLock, LockGuard, LockScope, fnv1a_64};
+use waymark_core::Error;
 
-use crate::conn::Conn;
+use crate::conn::{Conn, Detached};
 
 /// The key of `prepare`'s transaction lock. One key for every table:
 /// preparing two tables of one schema at once would otherwise race on
-/// `CREATE SCHEMA`. Distinct from every run-lock key, so a process holding
-/// its run lock can still prepare.
+/// `CREATE SCHEMA`. Distinct from every lock key of a table, so a process
+/// holding its run lock can still prepare.
 pub(crate) const PREPARE_KEY: i64 = fnv1a_64(b"waymark:prepare") as i64;
 
-/// The run-lock key of `schema.table`: stable across builds, platforms and
-/// Rust versions (FNV-1a, not `std`'s hasher), so every process and host
-/// agrees on it.
-pub(crate) fn run_lock_key(schema: &str, table: &str) -> i64 {
-    fnv1a_64(format!("waymark:run:{schema}.{table}").as_bytes()) as i64
+/// The key of `scope`'s lock on `schema.table`: FNV-1a of
+/// `waymark:<scope>:<schema>.<table>`, stable across builds, platforms and
+/// Rust versions, so every process and host agrees on it. The run lock's is
+/// the key every earlier version used: old and new versions exclude each
+/// other.
+pub(crate) fn lock_key(scope: LockScope, schema: &str, table: &str) -> i64 {
+    fnv1a_64(format!("waymark:{scope}:{schema}.{table}").as_bytes()) as i64
 }
 
 /// The largest timeout PostgreSQL accepts, in milliseconds.
 const MAX_TIMEOUT_MS: u128 = i32::MAX as u128;
 
-const fn fnv1a_64(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut i = 0;
-    while i < bytes.len() {
-        hash ^= bytes[i] as u64;
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        i += 1;
-    }
-    hash
+/// Whole milliseconds for a server-side timeout, rounded up so the wait is
+/// never shorter than asked, clamped to what the server accepts.
+pub(crate) fn timeout_ms(limit: Duration) -> u128 {
+    limit.as_nanos().div_ceil(1_000_000).min(MAX_TIMEOUT_MS)
 }
 
 /// Keeps the lock's connection open; dropping it closes the connection
@@ -47,6 +47,7 @@ const fn fnv1a_64(bytes: &[u8]) -> u64 {
 struct AdvisoryLock {
     client: ClientWrapper,
     key: i64,
+    scope: LockScope,
 }
 
 impl HeldLock for AdvisoryLock {
@@ -56,12 +57,10 @@ impl HeldLock for AdvisoryLock {
     /// has not read yet is noticed at the next check.
     fn check(&self) -> Result<(), Error> {
         if self.client.is_closed() {
-            return Err(Error::store(
-                "holding the migration lock",
-                std::io::Error::other(
-                    "the lock's database session ended (terminated or the server restarted): \
-                     the lock is lost, so the run stops",
-                ),
+            return Err(Error::store_message(
+                format!("holding the {} lock", self.scope),
+                "the lock's database session ended (terminated or the server restarted): \
+                 the lock is lost, so the run stops",
             ));
         }
         Ok(())
@@ -70,7 +69,7 @@ impl HeldLock for AdvisoryLock {
 
 impl Drop for AdvisoryLock {
     fn drop(&mut self) {
-        tracing::debug!(key = self.key, "releasing the migration lock");
+        tracing::debug!(key = self.key, scope = %self.scope, "releasing the lock");
     }
 }
 
@@ -81,25 +80,32 @@ pub(crate) enum LockFailure {
     Pg(tokio_postgres::Error),
 }
 
-/// Takes the advisory lock `key` on `client`, waiting at most `wait`
-/// (server-side `lock_timeout`). `client` must already be detached.
+/// Takes the advisory lock `key` on the detached `client`, waiting at most
+/// `wait` (server-side `lock_timeout`).
 pub(crate) async fn acquire(
-    client: ClientWrapper,
+    client: Detached,
+    scope: LockScope,
     key: i64,
     wait: Duration,
 ) -> Result<LockGuard, LockFailure> {
     if wait.is_zero() {
         // lock_timeout = 0 would mean "wait forever": ask without waiting.
-        let row = client
+        let row = match client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
             .await
-            .map_err(LockFailure::Pg)?;
+        {
+            Ok(row) => row,
+            Err(e) => {
+                client.discard();
+                return Err(LockFailure::Pg(e));
+            }
+        };
         if !row.get::<_, bool>(0) {
+            client.discard();
             return Err(LockFailure::Busy);
         }
     } else {
-        // Whole milliseconds, rounded up so the wait is never shorter than asked.
-        let wait_ms = wait.as_nanos().div_ceil(1_000_000).min(MAX_TIMEOUT_MS);
+        let wait_ms = timeout_ms(wait);
         // The statement timeout must not cut the wait short; the connection
         // serves nothing else.
         let script = format!(
@@ -115,13 +121,21 @@ pub(crate) async fn acquire(
                     Some(&SqlState::LOCK_NOT_AVAILABLE | &SqlState::QUERY_CANCELED)
                 ) =>
             {
+                client.discard();
                 return Err(LockFailure::Busy);
             }
-            Err(e) => return Err(LockFailure::Pg(e)),
+            Err(e) => {
+                client.discard();
+                return Err(LockFailure::Pg(e));
+            }
         }
     }
-    tracing::debug!(key, "took the migration lock");
-    Ok(LockGuard::checked(AdvisoryLock { client, key }))
+    tracing::debug!(key, %scope, "took the lock");
+    Ok(LockGuard::checked(AdvisoryLock {
+        client: client.into_client(),
+        key,
+        scope,
+    }))
 }
 
 /// What [`lock_or_wait`] found.
@@ -143,30 +157,39 @@ pub(crate) enum TryOrWait {
 /// came once the transaction has ended; on any error it is closed instead.
 pub(crate) async fn lock_or_wait(
     conn: Conn,
+    scope: LockScope,
     key: i64,
     wait: Duration,
 ) -> Result<TryOrWait, LockFailure> {
-    let statement = conn
-        .prepare_cached("SELECT pg_try_advisory_lock($1)")
-        .await
-        .map_err(LockFailure::Pg)?;
-    let row = conn
-        .query_one(&statement, &[&key])
-        .await
-        .map_err(LockFailure::Pg)?;
-    if row.get::<_, bool>(0) {
-        tracing::debug!(key, "took the migration lock");
-        return Ok(TryOrWait::Held(LockGuard::checked(AdvisoryLock {
-            client: conn.detach(),
-            key,
-        })));
+    let tried = async {
+        let statement = conn
+            .prepare_cached("SELECT pg_try_advisory_lock($1)")
+            .await?;
+        Ok(conn.query_one(&statement, &[&key]).await?.get::<_, bool>(0))
+    };
+    match tried.await {
+        Ok(true) => {}
+        Ok(false) => return wait_for_release(conn, key, wait).await,
+        Err(e) => {
+            conn.discard();
+            return Err(LockFailure::Pg(e));
+        }
     }
+    tracing::debug!(key, %scope, "took the lock");
+    Ok(TryOrWait::Held(LockGuard::checked(AdvisoryLock {
+        client: conn.detach().into_client(),
+        key,
+        scope,
+    })))
+}
+
+async fn wait_for_release(conn: Conn, key: i64, wait: Duration) -> Result<TryOrWait, LockFailure> {
     if wait.is_zero() {
         // lock_timeout = 0 would mean "wait forever".
         conn.release();
         return Err(LockFailure::Busy);
     }
-    let wait_ms = wait.as_nanos().div_ceil(1_000_000).min(MAX_TIMEOUT_MS);
+    let wait_ms = timeout_ms(wait);
     let script = format!(
         "BEGIN; SET LOCAL lock_timeout = {wait_ms}; SET LOCAL statement_timeout = {}; \
          SELECT pg_advisory_xact_lock_shared({key}); COMMIT",
@@ -177,16 +200,20 @@ pub(crate) async fn lock_or_wait(
             conn.release();
             Ok(TryOrWait::Released)
         }
-        // The transaction is left aborted: `conn` is closed as it drops.
+        // The transaction is left aborted: the connection is closed.
         Err(e)
             if matches!(
                 e.code(),
                 Some(&SqlState::LOCK_NOT_AVAILABLE | &SqlState::QUERY_CANCELED)
             ) =>
         {
+            conn.discard();
             Err(LockFailure::Busy)
         }
-        Err(e) => Err(LockFailure::Pg(e)),
+        Err(e) => {
+            conn.discard();
+            Err(LockFailure::Pg(e))
+        }
     }
 }
 
@@ -201,13 +228,33 @@ mod tests {
 
     #[test]
     fn keys_are_stable_and_distinct() {
-        // Fixed values: a change would let old and new versions run at once.
-        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
-        let default = run_lock_key("public", "migrations");
-        assert_eq!(default, run_lock_key("public", "migrations"));
-        assert_ne!(default, run_lock_key("public", "other"));
-        assert_ne!(default, run_lock_key("ops", "migrations"));
+        // Fixed value: the run lock's key of every earlier version, so that
+        // old and new versions never run at once.
+        let default = lock_key(LockScope::Run, "public", "migrations");
+        assert_eq!(
+            default,
+            fnv1a_64(b"waymark:run:public.migrations") as i64
+        );
+        assert_eq!(default, RUN_KEY_OF_EARLIER_VERSIONS);
+        assert_ne!(default, lock_key(LockScope::Run, "public", "other"));
+        assert_ne!(default, lock_key(LockScope::Run, "ops", "migrations"));
         assert_ne!(default, PREPARE_KEY);
+        let background = lock_key(LockScope::Background, "public", "migrations");
+        assert_eq!(
+            background,
+            fnv1a_64(b"waymark:background:public.migrations") as i64
+        );
+        assert_ne!(background, default);
+        assert_ne!(background, PREPARE_KEY);
+    }
+
+    /// `waymark:run:public.migrations` as the releases before lock scopes hashed it.
+    const RUN_KEY_OF_EARLIER_VERSIONS: i64 = 0x1407_d146_a822_ee90;
+
+    #[test]
+    fn server_timeouts_round_up_and_clamp() {
+        assert_eq!(timeout_ms(Duration::from_micros(1)), 1);
+        assert_eq!(timeout_ms(Duration::from_millis(1500)), 1500);
+        assert_eq!(timeout_ms(Duration::MAX), MAX_TIMEOUT_MS);
     }
 }

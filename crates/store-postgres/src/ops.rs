@@ -1,30 +1,20 @@
 //! The [`MigrationStore`] implementation: the tracking table's operations.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio_postgres::error::SqlState;
-use waymark_core::{
-    Error, LockGuard, Migration, MigrationDef, MigrationId, MigrationStore, check_unique_ids,
-    name_conflict, now_utc,
+use waymark_core::store::{
+    LockGuard, LockRequest, RowChange, check_unique_ids, name_conflict, now_utc,
 };
+use waymark_core::{Error, Migration, MigrationDef, MigrationId, MigrationStore};
 
 use crate::PostgresStore;
 use crate::call::{Retry, body};
 use crate::conn::Conn;
-use crate::error::{self, timed_out};
+use crate::error::{Limit, missing_table, timed_out};
 use crate::lock::{self, LockFailure};
 use crate::row::{self, check_text, storable_error};
 use crate::schema;
-
-/// Whether `error` says the table (or its schema) does not exist yet.
-fn missing_table(error: &tokio_postgres::Error) -> bool {
-    matches!(
-        error.code(),
-        Some(&SqlState::UNDEFINED_TABLE | &SqlState::INVALID_SCHEMA_NAME)
-    )
-}
 
 #[async_trait]
 impl MigrationStore for PostgresStore {
@@ -87,7 +77,7 @@ impl MigrationStore for PostgresStore {
                 }
                 let tx = conn.transaction().await?;
                 if !ids.is_empty() {
-                    let insert = tx.prepare_cached(&sql.insert).await?;
+                    let insert = tx.prepare_cached(&sql.insert_many).await?;
                     tx.execute(&insert, &[ids, names, descriptions]).await?;
                     // Read back after inserting: a row another process
                     // inserted at the same moment is visible now, and checked.
@@ -121,6 +111,48 @@ impl MigrationStore for PostgresStore {
             .await
     }
 
+    async fn update(&self, id: MigrationId, change: RowChange<'_>) -> Result<(), Error> {
+        // Checked before anything: a write to a row whose atomic
+        // transaction is open in this store would wait for that
+        // transaction (or race its commit).
+        self.in_flight().check(id)?;
+        let statement = self.statements().update(&change);
+        match change {
+            RowChange::MarkPending => {
+                let doing = "marking a migration pending";
+                self.update_row(doing, Retry::Once, statement, id, &[])
+                    .await
+            }
+            RowChange::MarkExecuted => {
+                let doing = "marking a migration executed";
+                self.update_row(doing, Retry::Once, statement, id, &[&now_utc()])
+                    .await
+            }
+            RowChange::RecordSuccess => {
+                // Never retried: a second run would count a second attempt.
+                let doing = "recording a success";
+                self.update_row(doing, Retry::Never, statement, id, &[&now_utc()])
+                    .await
+            }
+            RowChange::RecordFailure(error) => {
+                let error = storable_error(error);
+                let doing = "recording a failure";
+                self.update_row(doing, Retry::Never, statement, id, &[&error.as_ref()])
+                    .await
+            }
+            RowChange::SaveCheckpoint(checkpoint) => {
+                check_text("checkpoint", checkpoint)?;
+                let doing = "saving a checkpoint";
+                self.update_row(doing, Retry::Once, statement, id, &[&checkpoint])
+                    .await
+            }
+            other => Err(Error::invalid(
+                "change",
+                format!("{other:?} is not supported by this version of the PostgreSQL store"),
+            )),
+        }
+    }
+
     async fn pending(&self) -> Result<Vec<Migration>, Error> {
         self.select("listing pending migrations", &self.statements().pending)
             .await
@@ -136,56 +168,11 @@ impl MigrationStore for PostgresStore {
                 let statement = conn.prepare_cached(&sql.get).await?;
                 match conn.query_opt(&statement, &[&raw]).await? {
                     Some(row) => row::migration(&row),
-                    None => Err(Error::NotFound { id: raw }.into()),
+                    None => Err(Error::NotFound { id }.into()),
                 }
             }),
         )
         .await
-    }
-
-    async fn mark_executed(&self, id: MigrationId) -> Result<(), Error> {
-        let sql = &self.statements().mark_executed;
-        let doing = "marking a migration executed";
-        self.update(doing, Retry::Once, sql, id, &now_utc()).await
-    }
-
-    async fn record_success(&self, id: MigrationId) -> Result<(), Error> {
-        // Never retried: a second run would count a second attempt.
-        let sql = &self.statements().record_success;
-        let doing = "recording a success";
-        self.update(doing, Retry::Never, sql, id, &now_utc()).await
-    }
-
-    async fn mark_pending(&self, id: MigrationId) -> Result<(), Error> {
-        let raw = id.get();
-        let sql = self.statements();
-        self.call(
-            "marking a migration pending",
-            Retry::Once,
-            body!(|conn| {
-                let statement = conn.prepare_cached(&sql.mark_pending).await?;
-                match conn.execute(&statement, &[&raw]).await? {
-                    0 => Err(Error::NotFound { id: raw }.into()),
-                    _ => Ok(()),
-                }
-            }),
-        )
-        .await
-    }
-
-    async fn record_failure(&self, id: MigrationId, error: &str) -> Result<(), Error> {
-        let error = storable_error(error);
-        let sql = &self.statements().record_failure;
-        let doing = "recording a failure";
-        self.update(doing, Retry::Never, sql, id, &error.as_ref())
-            .await
-    }
-
-    async fn save_checkpoint(&self, id: MigrationId, checkpoint: &str) -> Result<(), Error> {
-        check_text("checkpoint", checkpoint)?;
-        let sql = &self.statements().save_checkpoint;
-        let doing = "saving a checkpoint";
-        self.update(doing, Retry::Once, sql, id, &checkpoint).await
     }
 
     async fn is_settled(&self, fingerprint: &str) -> Result<bool, Error> {
@@ -210,35 +197,40 @@ impl MigrationStore for PostgresStore {
         .await
     }
 
-    async fn lock(&self, wait: Duration) -> Result<LockGuard, Error> {
+    async fn lock(&self, request: &LockRequest) -> Result<LockGuard, Error> {
+        let (scope, wait) = (request.scope, request.wait);
         let client = self.checkout().await?.detach();
         // The server gives up at `wait`; this only guards against a server
-        // that stops answering. Dropping the future closes the connection.
+        // that stops answering. Dropping the future cancels the wait on the
+        // server and closes the connection.
         let limit = wait.saturating_add(self.statement_timeout());
-        let doing = "taking the migration lock";
-        match tokio::time::timeout(limit, lock::acquire(client, self.lock_key(), wait)).await {
+        let doing = format!("taking the {scope} lock");
+        let key = self.lock_key_for(scope);
+        match tokio::time::timeout(limit, lock::acquire(client, scope, key, wait)).await {
             Ok(Ok(guard)) => Ok(guard),
             Ok(Err(LockFailure::Busy)) => Err(lock::busy(wait)),
-            Ok(Err(LockFailure::Pg(e))) => Err(error::pg(self.context(doing), e)),
+            Ok(Err(LockFailure::Pg(e))) => Err(self.pg_error(&doing, e)),
             Err(_) => Err(Error::store(
-                self.context(doing),
-                timed_out(limit, "no answer from the server"),
+                self.context(&doing),
+                timed_out(Limit::Lock, limit, "no answer from the server"),
             )),
         }
     }
 
-    async fn lock_or_wait(&self, wait: Duration) -> Result<Option<LockGuard>, Error> {
+    async fn lock_or_wait(&self, request: &LockRequest) -> Result<Option<LockGuard>, Error> {
+        let (scope, wait) = (request.scope, request.wait);
         let conn = self.checkout().await?;
         let limit = wait.saturating_add(self.statement_timeout());
-        let doing = "taking or waiting for the migration lock";
-        match tokio::time::timeout(limit, lock::lock_or_wait(conn, self.lock_key(), wait)).await {
+        let doing = format!("taking or waiting for the {scope} lock");
+        let key = self.lock_key_for(scope);
+        match tokio::time::timeout(limit, lock::lock_or_wait(conn, scope, key, wait)).await {
             Ok(Ok(lock::TryOrWait::Held(guard))) => Ok(Some(guard)),
             Ok(Ok(lock::TryOrWait::Released)) => Ok(None),
             Ok(Err(LockFailure::Busy)) => Err(lock::busy(wait)),
-            Ok(Err(LockFailure::Pg(e))) => Err(error::pg(self.context(doing), e)),
+            Ok(Err(LockFailure::Pg(e))) => Err(self.pg_error(&doing, e)),
             Err(_) => Err(Error::store(
-                self.context(doing),
-                timed_out(limit, "no answer from the server"),
+                self.context(&doing),
+                timed_out(Limit::Lock, limit, "no answer from the server"),
             )),
         }
     }

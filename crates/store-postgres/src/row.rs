@@ -2,19 +2,19 @@
 
 use tokio_postgres::Row;
 use waymark_core::time::OffsetDateTime;
-use waymark_core::{Error, Migration, MigrationDef};
+use waymark_core::{Error, Migration, MigrationId};
 
 use crate::error::Failure;
 
-/// A [`Migration`] from a row selected with the columns of [`crate::sql`].
+/// A [`Migration`] from a row selected with the shared statements' columns.
 pub(crate) fn migration(row: &Row) -> Result<Migration, Failure> {
     let id: i64 = row.try_get("id")?;
-    // A pending row built from its definition, then given the stored state;
-    // `Migration` is non-exhaustive outside core.
-    let def = MigrationDef::new(id, "-", "").map_err(|_| stored_id(id))?;
-    let mut migration = Migration::pending(&def);
-    migration.name = row.try_get("name")?;
-    migration.description = row.try_get("description")?;
+    let id = MigrationId::new(id).map_err(|_| stored_id(id))?;
+    let mut migration = Migration::new(
+        id,
+        row.try_get::<_, String>("name")?,
+        row.try_get::<_, String>("description")?,
+    );
     migration.executed = row.try_get("executed")?;
     migration.executed_at = row.try_get::<_, Option<OffsetDateTime>>("executed_at")?;
     migration.attempts = u32::try_from(row.try_get::<_, i32>("attempts")?).unwrap_or(0);
@@ -24,9 +24,9 @@ pub(crate) fn migration(row: &Row) -> Result<Migration, Failure> {
 }
 
 fn stored_id(id: i64) -> Failure {
-    Failure::Done(Error::store(
+    Failure::Done(Error::store_message(
         "reading the tracking table",
-        std::io::Error::other(format!("row with id {id}: migration ids must be positive")),
+        format!("row with id {id}: migration ids must be positive"),
     ))
 }
 

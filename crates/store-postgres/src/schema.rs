@@ -6,13 +6,19 @@
 //! the ones after the first find everything in place and change nothing. The
 //! catalog is inspected before any DDL because `ALTER TABLE` takes an
 //! exclusive lock even when it has nothing to do.
+//!
+//! Names and descriptions are `TEXT`: their limits (in characters) are
+//! [`MigrationDef`](waymark_core::MigrationDef)'s, enforced in Rust. A
+//! `VARCHAR(n)` counts bytes on a `SQL_ASCII` database, where it would
+//! refuse a valid name of non-ASCII characters. An adopted table keeps its
+//! own column types.
 
 use deadpool_postgres::{GenericClient, Transaction};
 use waymark_core::{Error, IncompatibleTable};
 
 use crate::error::Failure;
 use crate::lock::PREPARE_KEY;
-use crate::sql::Statements;
+use crate::sql::PgStatements as Statements;
 
 /// The columns waymark adds to the original four, with their definitions.
 const ADDED_COLUMNS: [(&str, &str); 4] = [
@@ -178,8 +184,8 @@ fn plan(found: &Found, schema: &str, sql: &Statements) -> Result<String, Error> 
         ddl.push(format!(
             "CREATE TABLE IF NOT EXISTS {t} (\
                id BIGINT PRIMARY KEY, \
-               name VARCHAR(250) NOT NULL, \
-               description VARCHAR(2500) NOT NULL DEFAULT '', \
+               name TEXT NOT NULL, \
+               description TEXT NOT NULL DEFAULT '', \
                executed BOOLEAN NOT NULL DEFAULT FALSE, \
                executed_at TIMESTAMPTZ, \
                attempts INTEGER NOT NULL DEFAULT 0, \
@@ -258,7 +264,7 @@ fn adopt(found: &Found, sql: &Statements) -> Result<Vec<String>, Error> {
     }
     if found.column("description").is_none() {
         ddl.push(format!(
-            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS description VARCHAR(2500) NOT NULL DEFAULT ''"
+            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS description TEXT NOT NULL DEFAULT ''"
         ));
     }
     if found

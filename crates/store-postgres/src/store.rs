@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 use waymark_core::Error;
+use waymark_core::store::{InFlight, LockScope};
 
 use crate::config::{PostgresConfig, describe_server};
+use crate::conn::{Canceller, tls};
 use crate::lock;
-use crate::sql::Statements;
+use crate::sql::PgStatements;
 
 /// A [`MigrationStore`](waymark_core::MigrationStore) on PostgreSQL, for servers and for applications
 /// that run several replicas against one database.
@@ -19,11 +20,12 @@ use crate::sql::Statements;
 /// Cheap to clone: clones share one pool. Build it from a URL
 /// ([`connect`](Self::connect), [`connect_with`](Self::connect_with)) or
 /// from the application's own pool ([`from_pool`](Self::from_pool),
-/// [`from_pool_with`](Self::from_pool_with)). The run lock is an advisory
-/// lock keyed by schema and table ([`lock_key`](Self::lock_key)), held by a
-/// connection that has left the pool; atomic handlers
-/// ([`atomic`](Self::atomic), [`batched`](Self::batched)) commit their data
-/// change with the bookkeeping.
+/// [`from_pool_with`](Self::from_pool_with)). The run and background locks
+/// are advisory locks keyed by schema and table ([`lock_key`](Self::lock_key)),
+/// held by a connection that has left the pool. As an
+/// [`AtomicStore`](waymark_core::store::AtomicStore), it runs atomic handlers
+/// (`Handler::atomic`, `Handler::batched` of waymark's runner) in a
+/// transaction that commits their data change with the bookkeeping.
 ///
 /// ```no_run
 /// use waymark_core::MigrationStore;
@@ -48,12 +50,17 @@ struct Inner {
     pool: Pool,
     schema: String,
     table: String,
-    sql: Statements,
+    sql: PgStatements,
     /// `host:port (database …)`: what messages name; never a password.
     server: String,
-    lock_key: i64,
+    run_key: i64,
+    background_key: i64,
     connect_timeout: Duration,
     statement_timeout: Duration,
+    /// The migrations whose atomic transaction is open in this store (and its clones).
+    in_flight: InFlight,
+    /// How cancel requests reach the server.
+    canceller: Canceller,
 }
 
 impl PostgresStore {
@@ -69,9 +76,7 @@ impl PostgresStore {
 
     /// Connects with `config`; see [`connect`](Self::connect).
     ///
-    /// The store's pool uses plain TCP or a Unix socket, without TLS; for
-    /// TLS, build a pool with your connector and use
-    /// [`from_pool_with`](Self::from_pool_with).
+    /// The store's pool uses plain TCP or a Unix socket, without TLS.
     pub async fn connect_with(config: PostgresConfig) -> Result<Self, Error> {
         config.check_names()?;
         config.check_limits()?;
@@ -81,7 +86,7 @@ impl PostgresStore {
         let statement_timeout = config.statement_timeout_value();
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            tls(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -111,6 +116,11 @@ impl PostgresStore {
     /// session settings); `config`'s URL, if any, only names the server in
     /// error messages. Getting a connection and each store call are still
     /// bounded by `config`'s timeouts.
+    ///
+    /// Cancel requests (for a statement of the store's abandoned or timed
+    /// out, see [`PostgresConfig::statement_timeout`]) are sent without TLS:
+    /// with a pool whose server requires TLS they fail, and such a statement
+    /// ends only when the server notices its connection closed.
     pub fn from_pool_with(pool: Pool, config: PostgresConfig) -> Result<Self, Error> {
         config.check_names()?;
         config.check_limits()?;
@@ -133,13 +143,19 @@ impl PostgresStore {
         Self {
             inner: Arc::new(Inner {
                 pool,
-                sql: Statements::new(schema, table),
-                lock_key: lock::run_lock_key(schema, table),
+                sql: PgStatements::new(schema, table),
+                run_key: lock::lock_key(LockScope::Run, schema, table),
+                background_key: lock::lock_key(LockScope::Background, schema, table),
                 schema: schema.to_owned(),
                 table: table.to_owned(),
                 server,
                 connect_timeout,
                 statement_timeout: config.statement_timeout_value(),
+                in_flight: InFlight::new(),
+                canceller: Canceller {
+                    tls: tls(),
+                    limit: connect_timeout,
+                },
             }),
         }
     }
@@ -159,23 +175,51 @@ impl PostgresStore {
         &self.inner.table
     }
 
-    /// The key of the run lock's advisory lock, derived from schema and
-    /// table (stable across versions and hosts). In `pg_locks` it appears
+    /// The key of the run lock's advisory lock ([`LockScope::Run`]): FNV-1a
+    /// of `waymark:run:<schema>.<table>`, stable across versions and hosts
+    /// (every earlier version used the same key). In `pg_locks` it appears
     /// as `classid` = high 32 bits, `objid` = low 32 bits, `objsubid` = 1.
     pub fn lock_key(&self) -> i64 {
-        self.inner.lock_key
+        self.inner.run_key
+    }
+
+    /// The key of `scope`'s advisory lock, derived like [`lock_key`](Self::lock_key)
+    /// (`waymark:background:<schema>.<table>` for [`LockScope::Background`]).
+    pub fn lock_key_for(&self, scope: LockScope) -> i64 {
+        match scope {
+            LockScope::Run => self.inner.run_key,
+            LockScope::Background => self.inner.background_key,
+            other => lock::lock_key(other, &self.inner.schema, &self.inner.table),
+        }
     }
 
     /// The context of an error while `doing` something to the table.
     pub(crate) fn context(&self, doing: &str) -> String {
-        format!(
-            "{doing} in {} at {}",
-            self.inner.sql.display, self.inner.server
-        )
+        format!("{doing} in {}", self.describe_table())
     }
 
-    pub(crate) fn statements(&self) -> &Statements {
+    /// `schema.table at host:port (database …)`: the table and where it is.
+    pub(crate) fn describe_table(&self) -> String {
+        format!("{} at {}", self.inner.sql.display, self.inner.server)
+    }
+
+    /// The error of a call that found no tracking table (or no schema).
+    pub(crate) fn not_initialised(&self) -> Error {
+        Error::NotInitialised {
+            table: self.describe_table(),
+        }
+    }
+
+    pub(crate) fn statements(&self) -> &PgStatements {
         &self.inner.sql
+    }
+
+    pub(crate) fn in_flight(&self) -> &InFlight {
+        &self.inner.in_flight
+    }
+
+    pub(crate) fn canceller(&self) -> &Canceller {
+        &self.inner.canceller
     }
 
     pub(crate) fn server(&self) -> &str {
