@@ -55,9 +55,13 @@ pub enum Error {
         waited: Duration,
     },
 
-    /// The tracking table does not exist yet. Read-only calls report this
-    /// instead of creating anything; a run or `waymark init` creates it.
-    #[error("{table} is not initialised: its tracking table does not exist (a run or `waymark init` creates it)")]
+    /// The tracking table does not exist yet, or is a table waymark has not
+    /// prepared (the original four columns, before adoption). Read-only
+    /// calls report this instead of changing anything; a run or
+    /// `waymark init` prepares it.
+    #[error(
+        "{table} is not initialised: no tracking table, or one not yet prepared (a run or `waymark init` prepares it)"
+    )]
     NotInitialised {
         /// The table and where it was looked for.
         table: String,
@@ -66,7 +70,9 @@ pub enum Error {
     /// Another connection held the database's write lock for longer than
     /// the store waits (SQLite's busy timeout): nothing was changed, and
     /// the same call may succeed later.
-    #[error("{context}: another connection held the database's write lock for longer than the busy timeout")]
+    #[error(
+        "{context}: another connection held the database's write lock for longer than the busy timeout"
+    )]
     Busy {
         /// What was being done, and where.
         context: String,
@@ -210,7 +216,9 @@ pub struct HandlerTimedOut {
 /// The source of an [`Error::Handler`] for a pending migration this release
 /// does not declare, under the strict policy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{name:?} is pending but not declared by this release (registered by a newer release or by hand)")]
+#[error(
+    "{name:?} is pending but not declared by this release (registered by a newer release or by hand)"
+)]
 pub struct UndeclaredMigration {
     /// The tracked name of the migration.
     pub name: String,

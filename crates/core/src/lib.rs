@@ -39,8 +39,7 @@ pub mod testkit;
 pub use batch::{BatchStep, Cancelled, StalledBatch};
 pub use context::{MigrationContext, ProgressFn};
 pub use definition::{
-    MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MigrationDef, Mode, validate_description,
-    validate_name,
+    MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MigrationDef, Mode, validate_description, validate_name,
 };
 pub use error::{
     BoxError, Error, HandlerPanicked, HandlerTimedOut, IncompatibleTable, Message,

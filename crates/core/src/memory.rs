@@ -90,12 +90,13 @@ impl MemoryStore {
         Ok(state)
     }
 
-    fn change_row(&self, id: MigrationId, change: impl FnOnce(&mut Migration)) -> Result<(), Error> {
+    fn change_row(
+        &self,
+        id: MigrationId,
+        change: impl FnOnce(&mut Migration),
+    ) -> Result<(), Error> {
         let mut state = self.state()?;
-        let row = state
-            .rows
-            .get_mut(&id)
-            .ok_or(Error::NotFound { id })?;
+        let row = state.rows.get_mut(&id).ok_or(Error::NotFound { id })?;
         change(row);
         Ok(())
     }

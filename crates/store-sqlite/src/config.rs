@@ -147,7 +147,7 @@ fn validate_path(path: &Path) -> Result<(), Error> {
 /// Accepts only plain identifiers, so the name can be spliced into SQL
 /// (always double-quoted as well) without any way to inject.
 fn validate_table_name(name: &str) -> Result<(), Error> {
-    waymark_core::validate_identifier("table", name, MAX_TABLE_CHARS)?;
+    waymark_core::store::validate_identifier("table", name, MAX_TABLE_CHARS)?;
     if name.to_ascii_lowercase().starts_with("sqlite_") {
         return Err(Error::invalid(
             "table",

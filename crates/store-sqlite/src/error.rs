@@ -17,9 +17,27 @@ pub(crate) struct Site {
 }
 
 impl Site {
-    /// An [`Error::Store`] for `err`, raised while `doing`.
+    /// The error for `err`, raised while `doing`: [`Error::Busy`] when
+    /// another connection kept the write lock past the busy timeout (the
+    /// call may succeed later), [`Error::Store`] otherwise.
     pub(crate) fn error(&self, doing: impl fmt::Display, err: rusqlite::Error) -> Error {
-        let hint = self.hint(&err);
+        if is_busy(&err) {
+            return Error::Busy {
+                context: format!(
+                    "{doing} in {} (busy timeout {:?})",
+                    self.location, self.busy_timeout
+                ),
+                source: err.into(),
+            };
+        }
+        let hint = match err.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) => {
+                ": the file is not a SQLite database (it was left untouched)"
+            }
+            Some(ErrorCode::ReadOnly) => ": the database is read-only",
+            Some(ErrorCode::DiskFull) => ": the disk is full",
+            _ => "",
+        };
         Error::store(format!("{doing} in {}{hint}", self.location), err)
     }
 
@@ -30,31 +48,24 @@ impl Site {
     ) -> impl FnOnce(rusqlite::Error) -> Error + use<'_, D> {
         move |err| self.error(doing, err)
     }
-
-    fn hint(&self, err: &rusqlite::Error) -> String {
-        match err.sqlite_error_code() {
-            Some(ErrorCode::NotADatabase) => {
-                ": the file is not a SQLite database (it was left untouched)".to_owned()
-            }
-            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => format!(
-                ": another connection kept the database locked for longer than the busy timeout ({:?})",
-                self.busy_timeout
-            ),
-            Some(ErrorCode::ReadOnly) => ": the database is read-only".to_owned(),
-            _ if is_missing_table(err) => {
-                ": the tracking table does not exist yet; call prepare() first".to_owned()
-            }
-            _ => String::new(),
-        }
-    }
 }
 
-/// Whether `err` says a table is missing (SQLite has no code of its own for it).
-pub(crate) fn is_missing_table(err: &rusqlite::Error) -> bool {
-    matches!(err, rusqlite::Error::SqliteFailure(_, Some(message)) if message.starts_with("no such table"))
+/// Whether `err` is SQLite giving up on a lock another connection holds.
+pub(crate) fn is_busy(err: &rusqlite::Error) -> bool {
+    matches!(
+        err.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
 }
 
-/// A plain message as the source of an [`Error::Store`].
-pub(crate) fn message(text: impl Into<String>) -> std::io::Error {
-    std::io::Error::other(text.into())
+/// Whether `err` says the tracking table (or one of its columns) is missing:
+/// a database waymark has not prepared. SQLite has no code of its own for it.
+pub(crate) fn is_unprepared(err: &rusqlite::Error) -> bool {
+    matches!(err, rusqlite::Error::SqliteFailure(_, Some(message))
+        if message.starts_with("no such table") || message.starts_with("no such column"))
+}
+
+/// Whether `err` is the interrupt sent when a run was cancelled.
+pub(crate) fn is_interrupt(err: &rusqlite::Error) -> bool {
+    err.sqlite_error_code() == Some(ErrorCode::OperationInterrupted)
 }

@@ -10,6 +10,7 @@
 //!
 //! ```
 //! use std::time::Duration;
+//! use waymark_core::store::{LockRequest, LockScope};
 //! use waymark_core::{MigrationDef, MigrationStore};
 //! use waymark_sqlite::{SqliteConfig, SqliteStore};
 //!
@@ -21,7 +22,7 @@
 //! let store = SqliteStore::open_with(config).await?;
 //! store.prepare().await?;
 //! store.register(&[MigrationDef::new(1, "fill_pace", "Derive pace from speed")?]).await?;
-//! let _guard = store.lock(Duration::from_secs(30)).await?;
+//! let _guard = store.lock(&LockRequest::new(LockScope::Run, Duration::from_secs(30))).await?;
 //! for migration in store.pending().await? {
 //!     // run it, then record the outcome
 //!     store.record_success(migration.id).await?;
@@ -39,7 +40,13 @@
 //! table `migrations_fingerprints` of the registered sets, which lets
 //! [`is_settled`](waymark_core::MigrationStore::is_settled) answer in one
 //! query. `executed_at` is RFC 3339 text in UTC, written from
-//! [`now_utc`](waymark_core::now_utc).
+//! [`now_utc`](waymark_core::store::now_utc); an adopted table's
+//! `YYYY-MM-DD HH:MM:SS` text (SQLite's `CURRENT_TIMESTAMP`) reads as UTC.
+//!
+//! Reads never create or change anything: `list`, `pending` and `get` on a
+//! database without the table (or with the original table not yet
+//! prepared) fail with [`Error::NotInitialised`](waymark_core::Error::NotInitialised),
+//! and `is_settled` answers `false`.
 //!
 //! An existing table of the original four columns (`id`, `name`,
 //! `description`, `executed`) is adopted in place: the missing columns are
@@ -55,8 +62,10 @@
 //!
 //! # Durability: WAL with `synchronous = FULL`
 //!
-//! File databases are switched to WAL journal mode, so readers never wait
-//! for a writer. The store's connection uses `synchronous = FULL` rather
+//! A database that `prepare` creates from nothing is switched to WAL
+//! journal mode, so readers never wait for a writer; an application's
+//! existing database keeps the journal mode it chose, and opening a
+//! database never changes it. The store's connection uses `synchronous = FULL` rather
 //! than the `NORMAL` that WAL commonly pairs with. Under `NORMAL` a commit
 //! survives a crash of the application but not necessarily a power cut or
 //! an OS crash, because the WAL is synced only at checkpoints. Losing the
@@ -80,13 +89,18 @@
 //!   cost several times the query itself. Writes start with `BEGIN
 //!   IMMEDIATE`: a writer waits for another connection's write lock through
 //!   the busy timeout (default 5 s, [`SqliteConfig::busy_timeout`]) and then
-//!   fails with a clear [`Error::Store`](waymark_core::Error::Store), never
-//!   hangs. `prepare` and `register` read first and write only when
+//!   fails with [`Error::Busy`](waymark_core::Error::Busy), never hangs
+//!   (the runner waits for such a run and retries). `prepare` and `register` read first and write only when
 //!   something is new, so a replica starting while another runs a long
 //!   migration is not held up.
-//! - **The run lock.** [`lock`](waymark_core::MigrationStore::lock) takes an
+//! - **The locks.** [`lock`](waymark_core::MigrationStore::lock) takes an
 //!   exclusive OS file lock (`flock`) on a sidecar file next to the
-//!   database, `<database>-<table>.lock`, polling with a growing pause until
+//!   database, `<database>-<table>.lock` for the run lock (the file earlier
+//!   versions lock, so that a rolled-back release and this one exclude each
+//!   other) and `<database>-<table>-background.lock` for background
+//!   migrations. The holder writes its host, pid, application and start
+//!   time into the file, which [`locks`](waymark_core::MigrationStore::locks)
+//!   reads (and reports only while the lock is really held). It polls with a growing pause until
 //!   the wait runs out ([`Error::LockTimeout`](waymark_core::Error::LockTimeout)).
 //!   Each attempt opens its own descriptor, so the lock also excludes other
 //!   store instances (and clones) in the same process. The kernel releases it
@@ -100,13 +114,14 @@
 //!   system, not a network share. For in-memory databases the run lock is a
 //!   mutex shared by the store's clones, the only code that can reach that
 //!   database.
-//! - **Atomic handlers** ([`SqliteStore::atomic`], [`SqliteStore::batched`])
-//!   hold the store's connection and SQLite's write lock while their
-//!   transaction is open. Other calls on the store wait for it, so a handler
-//!   must not call its own store (through `ctx.store()`, or with
-//!   `save_checkpoint_blocking`): such a call fails at once with an error
+//! - **Atomic handlers** hold the store's connection and SQLite's write
+//!   lock while their transaction is open. Other calls on the store wait for
+//!   it. A write to the running migration's own row (from a task the handler
+//!   spawned, say) fails at once with [`Error::Conflict`](waymark_core::Error::Conflict),
+//!   and a call from the handler's own thread fails at once with an error,
 //!   instead of deadlocking. Use the transaction, and the batched form for
-//!   checkpoints.
+//!   checkpoints. Cancelling the run (a timeout, a shutdown) interrupts the
+//!   running statement and rolls back.
 //!
 //! # What a crash leaves behind
 //!

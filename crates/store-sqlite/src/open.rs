@@ -1,5 +1,6 @@
 //! Opening the connection: flags, a check that the file is a database
-//! before anything can write to it, then journal mode and durability.
+//! before anything can write to it, then durability. Opening never
+//! changes the database: read-only commands leave it exactly as it was.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -52,9 +53,6 @@ pub(crate) fn open(config: &SqliteConfig, site: &Site) -> Result<Opened, Error> 
         row.get::<_, i64>(0)
     })
     .map_err(site.err("reading the database header"))?;
-    if matches!(config.location, Location::File(_)) && !read_only {
-        use_wal(&conn, site, config.busy_timeout)?;
-    }
     // See the crate documentation for why FULL rather than NORMAL.
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(site.err("setting synchronous = FULL"))?;
@@ -62,11 +60,13 @@ pub(crate) fn open(config: &SqliteConfig, site: &Site) -> Result<Opened, Error> 
 }
 
 /// Switches the database to WAL journal mode (a no-op when it already is).
+/// `prepare` calls it only for a database it creates from nothing: an
+/// application's existing database keeps the journal mode it chose.
 ///
 /// SQLite does not call the busy handler for this switch: while another
 /// connection opens the same new file it fails with `SQLITE_BUSY` at once.
 /// So retry for as long as the busy timeout allows.
-fn use_wal(conn: &Connection, site: &Site, busy_timeout: Duration) -> Result<(), Error> {
+pub(crate) fn use_wal(conn: &Connection, site: &Site, busy_timeout: Duration) -> Result<(), Error> {
     let current: String = conn
         .pragma_query_value(None, "journal_mode", |row| row.get(0))
         .map_err(site.err("reading the journal mode"))?;

@@ -6,8 +6,6 @@ use std::cell::RefCell;
 
 use waymark_core::Error;
 
-use crate::error::message;
-
 thread_local! {
     /// The stores whose connection this thread holds, by address.
     static HELD: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
@@ -39,13 +37,11 @@ impl Drop for Held {
 /// on the handler's own thread, so this check sees them.
 pub(crate) fn check(store: usize) -> Result<(), Error> {
     if HELD.with(|held| held.borrow().contains(&store)) {
-        return Err(Error::store(
+        return Err(Error::store_message(
             "calling the SQLite store from inside one of its own atomic handlers",
-            message(
-                "the handler's transaction holds the store's connection, so this call would \
-                 deadlock; do the work through the transaction the handler receives (a batched \
-                 handler saves checkpoints in it)",
-            ),
+            "the handler's transaction holds the store's connection, so this call would \
+             deadlock; do the work through the transaction the handler receives (a batched \
+             handler saves checkpoints in it)",
         ));
     }
     Ok(())

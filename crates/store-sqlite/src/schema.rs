@@ -4,8 +4,20 @@
 use rusqlite::{Connection, OptionalExtension};
 use waymark_core::{Error, IncompatibleTable};
 
+use crate::config::Location;
+use crate::open::use_wal;
 use crate::sql;
 use crate::target::Target;
+
+/// Whether the database holds no table, index or view at all.
+fn is_empty(conn: &Connection, target: &Target) -> Result<bool, Error> {
+    conn.query_row(
+        "SELECT NOT EXISTS (SELECT 1 FROM sqlite_schema)",
+        [],
+        |row| row.get(0),
+    )
+    .map_err(target.site.err("inspecting the database"))
+}
 
 /// What a column's declared type must allow, by SQLite's affinity rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +90,12 @@ pub(crate) fn prepare(conn: &mut Connection, target: &Target) -> Result<(), Erro
     if plan(conn, target)?.is_empty() {
         return Ok(());
     }
+    // A database made for waymark gets WAL, so readers never wait for a
+    // writer; an application's existing database keeps the journal mode it
+    // chose (switching it would outlive waymark).
+    if matches!(target.site.location, Location::File(_)) && is_empty(conn, target)? {
+        use_wal(conn, &target.site, target.site.busy_timeout)?;
+    }
     sql::write(conn, target, "preparing the tracking table", |tx| {
         let steps = plan(tx, target)?;
         for step in &steps {
@@ -117,7 +135,8 @@ fn plan(conn: &Connection, target: &Target) -> Result<Vec<String>, Error> {
     {
         steps.push(format!(
             "CREATE INDEX IF NOT EXISTS {} ON {} (id) WHERE executed = 0",
-            target.pending_index_sql, target.table_sql
+            target.pending_index_sql,
+            target.table_sql()
         ));
     }
     if schema_type(conn, &target.fingerprints_name())
@@ -127,7 +146,7 @@ fn plan(conn: &Connection, target: &Target) -> Result<Vec<String>, Error> {
         steps.push(format!(
             "CREATE TABLE IF NOT EXISTS {} (fingerprint TEXT PRIMARY KEY NOT NULL, \
              registered_at TEXT NOT NULL) WITHOUT ROWID",
-            target.fingerprints_sql
+            target.fingerprints_sql()
         ));
     }
     Ok(steps)
@@ -144,7 +163,7 @@ fn create_table(target: &Target) -> String {
          attempts INTEGER NOT NULL DEFAULT 0, \
          last_error TEXT, \
          checkpoint TEXT)",
-        target.table_sql
+        target.table_sql()
     )
 }
 
@@ -182,7 +201,8 @@ fn upgrade(conn: &Connection, target: &Target) -> Result<Vec<String>, Error> {
             match column.add {
                 Some(definition) => steps.push(format!(
                     "ALTER TABLE {} ADD COLUMN {} {definition}",
-                    target.table_sql, column.name
+                    target.table_sql(),
+                    column.name
                 )),
                 None => return Err(incompatible(target, Some(column.name), "is missing".into())),
             }
@@ -238,7 +258,7 @@ fn upgrade(conn: &Connection, target: &Target) -> Result<Vec<String>, Error> {
     if executed.is_some_and(|c| !c.not_null) {
         let nulls = format!(
             "SELECT EXISTS (SELECT 1 FROM {} WHERE executed IS NULL)",
-            target.table_sql
+            target.table_sql()
         );
         let any: bool = conn
             .query_row(&nulls, [], |row| row.get(0))
@@ -246,7 +266,7 @@ fn upgrade(conn: &Connection, target: &Target) -> Result<Vec<String>, Error> {
         if any {
             steps.push(format!(
                 "UPDATE {} SET executed = 0 WHERE executed IS NULL",
-                target.table_sql
+                target.table_sql()
             ));
         }
     }

@@ -1,13 +1,17 @@
 //! The statements behind each store operation, on a plain connection.
 //!
-//! Functions taking `&Connection` run inside whatever transaction the caller
-//! holds, so the store and the atomic handlers share them; functions taking
-//! `&mut Connection` open their own write transaction.
+//! The statements themselves are core's shared SQL ([`Statements`]), so they
+//! mean the same on every backend. Functions taking `&Connection` run inside
+//! whatever transaction the caller holds, so the store and the atomic
+//! transactions share them; functions taking `&mut Connection` open their
+//! own write transaction.
+//!
+//! [`Statements`]: waymark_core::store::sql::Statements
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use waymark_core::{Error, Migration, MigrationDef, MigrationId, name_conflict, now_utc};
+use waymark_core::store::{RowChange, name_conflict, now_utc};
+use waymark_core::{Error, Migration, MigrationDef, MigrationId};
 
-use crate::error::{is_missing_table, message};
 use crate::target::Target;
 use crate::timestamp;
 
@@ -41,10 +45,6 @@ pub(crate) fn begin<'c>(
         )
 }
 
-// Adopted tables may hold NULL names and descriptions; they read as empty.
-const COLUMNS: &str = "id, coalesce(name, ''), coalesce(description, ''), coalesce(executed, 0) <> 0, \
-                       executed_at, attempts, last_error, checkpoint";
-
 /// A row as read, before its values are checked.
 struct RawRow {
     id: i64,
@@ -72,12 +72,8 @@ impl RawRow {
     }
 
     fn into_migration(self, target: &Target) -> Result<Migration, Error> {
-        let bad = |what: String| {
-            Error::store(
-                format!("reading table {} in {}", target.name, target.site.location),
-                message(what),
-            )
-        };
+        let bad =
+            |what: String| Error::store_message(format!("reading {}", target.describe()), what);
         let id = MigrationId::new(self.id).map_err(|_| {
             bad(format!(
                 "row with id {} cannot be tracked: ids must be positive",
@@ -88,16 +84,14 @@ impl RawRow {
             None => None,
             Some(text) => Some(timestamp::parse(text).map_err(|err| {
                 bad(format!(
-                    "migration {id} has an executed_at that is not RFC 3339 ({text:?}): {err}"
+                    "migration {id} has an executed_at that is neither RFC 3339 nor \
+                     'YYYY-MM-DD HH:MM:SS' ({text:?}): {err}"
                 ))
             })?),
         };
         // Rows adopted from the original table may break today's limits on
         // names; they are data to report, not definitions to validate.
-        let placeholder = MigrationDef::new(id.get(), "_", "")?;
-        let mut migration = Migration::pending(&placeholder);
-        migration.name = self.name;
-        migration.description = self.description;
+        let mut migration = Migration::new(id, self.name, self.description);
         migration.executed = self.executed;
         migration.executed_at = executed_at;
         migration.attempts = u32::try_from(self.attempts.max(0)).unwrap_or(u32::MAX);
@@ -113,26 +107,17 @@ pub(crate) fn list(
     target: &Target,
     pending_only: bool,
 ) -> Result<Vec<Migration>, Error> {
-    let filter = if pending_only {
-        "WHERE executed = 0"
+    let (sql, doing) = if pending_only {
+        (&target.sql.pending, "listing pending migrations")
     } else {
-        ""
-    };
-    let sql = format!(
-        "SELECT {COLUMNS} FROM {} {filter} ORDER BY id",
-        target.table_sql
-    );
-    let doing = if pending_only {
-        "listing pending migrations"
-    } else {
-        "listing migrations"
+        (&target.sql.list, "listing migrations")
     };
     let raw = (|| {
-        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut stmt = conn.prepare_cached(sql)?;
         let rows = stmt.query_map([], RawRow::read)?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
     })()
-    .map_err(target.site.err(doing))?;
+    .map_err(target.err(doing))?;
     raw.into_iter()
         .map(|row| row.into_migration(target))
         .collect()
@@ -140,11 +125,10 @@ pub(crate) fn list(
 
 /// One row; [`Error::NotFound`] when the id is unknown.
 pub(crate) fn get(conn: &Connection, target: &Target, id: MigrationId) -> Result<Migration, Error> {
-    let sql = format!("SELECT {COLUMNS} FROM {} WHERE id = ?1", target.table_sql);
-    conn.prepare_cached(&sql)
+    conn.prepare_cached(&target.sql.get)
         .and_then(|mut stmt| stmt.query_row([id.get()], RawRow::read).optional())
-        .map_err(target.site.err(format_args!("reading migration {id}")))?
-        .ok_or(Error::NotFound { id: id.get() })?
+        .map_err(target.err(format_args!("reading migration {id}")))?
+        .ok_or(Error::NotFound { id })?
         .into_migration(target)
 }
 
@@ -165,25 +149,16 @@ pub(crate) fn register(
         // Again under the write lock: another process may have registered
         // the same ids, possibly under other names, since the first look.
         needs_registering(tx, target, defs, &fingerprint)?;
-        let insert = format!(
-            "INSERT INTO {} (id, name, description, executed, attempts) VALUES (?1, ?2, ?3, 0, 0) \
-             ON CONFLICT (id) DO NOTHING",
-            target.table_sql
-        );
-        let remember = format!(
-            "INSERT INTO {} (fingerprint, registered_at) VALUES (?1, ?2) ON CONFLICT (fingerprint) DO NOTHING",
-            target.fingerprints_sql
-        );
         (|| {
-            let mut stmt = tx.prepare_cached(&insert)?;
+            let mut stmt = tx.prepare_cached(&target.sql.insert)?;
             for def in defs {
                 stmt.execute(params![def.id().get(), def.name(), def.description()])?;
             }
-            tx.prepare_cached(&remember)?
+            tx.prepare_cached(&target.sql.insert_fingerprint)?
                 .execute(params![fingerprint, timestamp::format(now_utc())])?;
             Ok(())
         })()
-        .map_err(target.site.err("registering migrations"))
+        .map_err(target.err("registering migrations"))
     })
 }
 
@@ -195,105 +170,71 @@ fn needs_registering(
     defs: &[MigrationDef],
     fingerprint: &str,
 ) -> Result<bool, Error> {
-    let name_of = format!("SELECT name FROM {} WHERE id = ?1", target.table_sql);
-    let known_set = format!(
-        "SELECT 1 FROM {} WHERE fingerprint = ?1",
-        target.fingerprints_sql
-    );
     let mut new = false;
     let mut stmt = conn
-        .prepare_cached(&name_of)
-        .map_err(target.site.err("checking registered migrations"))?;
+        .prepare_cached(&target.sql.name_of)
+        .map_err(target.err("checking registered migrations"))?;
     for def in defs {
-        let tracked: Option<String> = stmt
+        let tracked: Option<Option<String>> = stmt
             .query_row([def.id().get()], |row| row.get(0))
             .optional()
-            .map_err(
-                target
-                    .site
-                    .err(format_args!("checking migration {}", def.id())),
-            )?;
+            .map_err(target.err(format_args!("checking migration {}", def.id())))?;
         match tracked {
             None => new = true,
-            Some(name) if name != def.name() => {
-                return Err(name_conflict(def.id(), &name, def.name()));
+            Some(name) => {
+                // An adopted row may have a NULL name; it reads as empty.
+                let name = name.unwrap_or_default();
+                if name != def.name() {
+                    return Err(name_conflict(def.id(), &name, def.name()));
+                }
             }
-            Some(_) => {}
         }
     }
     if new {
         return Ok(true);
     }
     let seen = conn
-        .prepare_cached(&known_set)
+        .prepare_cached(&target.sql.known_set)
         .and_then(|mut stmt| stmt.exists([fingerprint]))
-        .map_err(target.site.err("checking registered sets"))?;
+        .map_err(target.err("checking registered sets"))?;
     Ok(!seen)
 }
 
-/// A change to one row; [`Error::NotFound`] when no row has the id.
+/// One change to one row, in whatever transaction `conn` holds;
+/// [`Error::NotFound`] when no row has the id.
 pub(crate) fn update(
     conn: &Connection,
     target: &Target,
-    change: Change<'_>,
     id: MigrationId,
+    change: RowChange<'_>,
 ) -> Result<(), Error> {
-    let table = &target.table_sql;
     let now = timestamp::format(now_utc());
-    let (sql, doing, value) = match change {
-        Change::MarkExecuted => (
-            format!(
-                "UPDATE {table} SET executed_at = CASE WHEN executed = 0 THEN ?2 ELSE executed_at END, \
-                 executed = 1, checkpoint = NULL WHERE id = ?1"
-            ),
-            "marking executed migration",
-            Some(now.as_str()),
-        ),
-        Change::RecordSuccess => (
-            format!(
-                "UPDATE {table} SET executed = 1, executed_at = ?2, attempts = attempts + 1, \
-                 last_error = NULL, checkpoint = NULL WHERE id = ?1"
-            ),
-            "recording the success of migration",
-            Some(now.as_str()),
-        ),
-        Change::MarkPending => (
-            format!("UPDATE {table} SET executed = 0, executed_at = NULL WHERE id = ?1"),
-            "marking pending migration",
-            None,
-        ),
-        Change::RecordFailure(error) => (
-            format!("UPDATE {table} SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1"),
-            "recording a failure of migration",
-            Some(error),
-        ),
-        Change::SaveCheckpoint(checkpoint) => (
-            format!("UPDATE {table} SET checkpoint = ?2 WHERE id = ?1"),
-            "saving the checkpoint of migration",
-            Some(checkpoint),
-        ),
+    let (doing, value) = match change {
+        RowChange::MarkExecuted => ("marking executed migration", Some(now.as_str())),
+        RowChange::RecordSuccess => ("recording the success of migration", Some(now.as_str())),
+        RowChange::MarkPending => ("marking pending migration", None),
+        RowChange::RecordFailure(error) => ("recording a failure of migration", Some(error)),
+        RowChange::SaveCheckpoint(checkpoint) => {
+            ("saving the checkpoint of migration", Some(checkpoint))
+        }
+        _ => {
+            return Err(Error::invalid(
+                "change",
+                format!("{change:?} is not supported"),
+            ));
+        }
     };
     let changed = conn
-        .prepare_cached(&sql)
+        .prepare_cached(target.sql.update(&change))
         .and_then(|mut stmt| match value {
             Some(value) => stmt.execute(params![id.get(), value]),
             None => stmt.execute(params![id.get()]),
         })
-        .map_err(target.site.err(format_args!("{doing} {id}")))?;
+        .map_err(target.err(format_args!("{doing} {id}")))?;
     if changed == 0 {
-        return Err(Error::NotFound { id: id.get() });
+        return Err(Error::NotFound { id });
     }
     Ok(())
-}
-
-/// The single-row changes the store makes.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Change<'a> {
-    MarkExecuted,
-    RecordSuccess,
-    MarkPending,
-    RecordFailure(&'a str),
-    SaveCheckpoint(&'a str),
 }
 
 /// One query: the set was registered and nothing is pending. A database
@@ -305,7 +246,7 @@ pub(crate) fn is_settled(
 ) -> Result<bool, Error> {
     match query_settled(conn, target, fingerprint) {
         Ok(settled) => Ok(settled),
-        Err(err) if is_missing_table(&err) => Ok(false),
+        Err(err) if crate::error::is_unprepared(&err) => Ok(false),
         Err(err) => Err(target
             .site
             .error("checking whether migrations are settled", err)),
@@ -318,6 +259,6 @@ pub(crate) fn query_settled(
     target: &Target,
     fingerprint: &str,
 ) -> rusqlite::Result<bool> {
-    conn.prepare_cached(&target.is_settled_sql)?
+    conn.prepare_cached(&target.sql.is_settled)?
         .query_row([fingerprint], |row| row.get(0))
 }

@@ -6,18 +6,19 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, ErrorCode};
-use waymark_core::{
-    Error, LockGuard, Migration, MigrationDef, MigrationId, MigrationStore, check_unique_ids,
+use rusqlite::Connection;
+use waymark_core::store::{
+    InFlight, LockGuard, LockInfo, LockRequest, RowChange, check_unique_ids,
 };
+use waymark_core::{Error, Migration, MigrationDef, MigrationId, MigrationStore};
 
 use crate::config::{Location, SqliteConfig};
-use crate::error::{Site, is_missing_table};
+use crate::error::{Site, is_busy, is_unprepared};
 use crate::open::open;
 use crate::reentry;
 use crate::run_lock::RunLock;
 use crate::schema;
-use crate::sql::{self, Change};
+use crate::sql;
 use crate::target::Target;
 
 /// A [`MigrationStore`] on SQLite: a file on disk or an in-memory database.
@@ -48,6 +49,8 @@ pub(crate) struct Inner {
     pub(crate) target: Target,
     run_lock: RunLock,
     read_only: bool,
+    /// The migrations whose atomic transaction holds the connection now.
+    pub(crate) in_flight: InFlight,
 }
 
 impl Inner {
@@ -94,20 +97,12 @@ impl Inner {
         match answer {
             Ok(settled) => Some(Ok(settled)),
             Err(err) if is_busy(&err) => None,
-            Err(err) if is_missing_table(&err) => Some(Ok(false)),
+            Err(err) if is_unprepared(&err) => Some(Ok(false)),
             Err(err) => Some(Err(target
                 .site
                 .error("checking whether migrations are settled", err))),
         }
     }
-}
-
-/// Whether `err` is SQLite giving up on a lock another connection holds.
-fn is_busy(err: &rusqlite::Error) -> bool {
-    matches!(
-        err.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-    )
 }
 
 impl SqliteStore {
@@ -127,23 +122,35 @@ impl SqliteStore {
     /// database and other failures are [`Error::Store`] naming the path.
     pub async fn open_with(config: SqliteConfig) -> Result<Self, Error> {
         config.validate()?;
-        tokio::task::spawn_blocking(move || {
-            let site = Site {
-                location: config.location.clone(),
-                busy_timeout: config.busy_timeout,
-            };
-            let opened = open(&config, &site)?;
-            Ok(Self {
-                inner: Arc::new(Inner {
-                    conn: Mutex::new(opened.conn),
-                    run_lock: RunLock::new(&config.location, &config.table),
-                    target: Target::new(site, &config.table),
-                    read_only: opened.read_only,
-                }),
-            })
+        tokio::task::spawn_blocking(move || Self::open_with_blocking(config))
+            .await
+            .map_err(|join| Error::store("opening a SQLite database", join))?
+    }
+
+    /// [`open`](Self::open) without async: for a `main` that is not async
+    /// and for a runner's `run_blocking`. Blocks the calling thread while
+    /// SQLite opens the file; do not call it on an async runtime's worker.
+    pub fn open_blocking(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::open_with_blocking(SqliteConfig::file(path))
+    }
+
+    /// [`open_with`](Self::open_with) without async, as [`open_blocking`](Self::open_blocking).
+    pub fn open_with_blocking(config: SqliteConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let site = Site {
+            location: config.location.clone(),
+            busy_timeout: config.busy_timeout,
+        };
+        let opened = open(&config, &site)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn: Mutex::new(opened.conn),
+                run_lock: RunLock::new(&config.location, &config.table),
+                target: Target::new(site, &config.table),
+                read_only: opened.read_only,
+                in_flight: InFlight::new(),
+            }),
         })
-        .await
-        .map_err(|join| Error::store("opening a SQLite database", join))?
     }
 
     /// The database file, or `None` for an in-memory database.
@@ -209,27 +216,6 @@ impl SqliteStore {
                 )
             })?
     }
-
-    async fn change(&self, id: MigrationId, change: Change<'static>) -> Result<(), Error> {
-        self.call(move |conn, target| {
-            sql::write(conn, target, "updating a migration", |tx| {
-                sql::update(tx, target, change, id)
-            })
-        })
-        .await
-    }
-}
-
-/// One row change in its own write transaction.
-fn update(
-    conn: &mut Connection,
-    target: &Target,
-    id: MigrationId,
-    change: Change<'_>,
-) -> Result<(), Error> {
-    sql::write(conn, target, &format!("updating migration {id}"), |tx| {
-        sql::update(tx, target, change, id)
-    })
 }
 
 impl fmt::Debug for SqliteStore {
@@ -260,6 +246,32 @@ impl MigrationStore for SqliteStore {
             .await
     }
 
+    async fn update(&self, id: MigrationId, change: RowChange<'_>) -> Result<(), Error> {
+        // Before waiting for the connection: an atomic transaction of this
+        // migration holds it, and would wait for this call in turn.
+        self.inner.in_flight.check(id)?;
+        let (kind, value) = owned(change)?;
+        self.call(move |conn, target| {
+            let change = borrowed(kind, &value);
+            sql::write(conn, target, &format!("updating migration {id}"), |tx| {
+                sql::update(tx, target, id, change)
+            })
+        })
+        .await
+    }
+
+    async fn lock(&self, request: &LockRequest) -> Result<LockGuard, Error> {
+        self.inner.run_lock.acquire(request).await
+    }
+
+    async fn lock_or_wait(&self, request: &LockRequest) -> Result<Option<LockGuard>, Error> {
+        self.inner.run_lock.acquire_or_wait(request).await
+    }
+
+    async fn locks(&self) -> Result<Vec<LockInfo>, Error> {
+        self.inner.run_lock.held().await
+    }
+
     async fn pending(&self) -> Result<Vec<Migration>, Error> {
         self.call(|conn, target| sql::list(conn, target, true))
             .await
@@ -267,30 +279,6 @@ impl MigrationStore for SqliteStore {
 
     async fn get(&self, id: MigrationId) -> Result<Migration, Error> {
         self.call(move |conn, target| sql::get(conn, target, id))
-            .await
-    }
-
-    async fn mark_executed(&self, id: MigrationId) -> Result<(), Error> {
-        self.change(id, Change::MarkExecuted).await
-    }
-
-    async fn record_success(&self, id: MigrationId) -> Result<(), Error> {
-        self.change(id, Change::RecordSuccess).await
-    }
-
-    async fn mark_pending(&self, id: MigrationId) -> Result<(), Error> {
-        self.change(id, Change::MarkPending).await
-    }
-
-    async fn record_failure(&self, id: MigrationId, error: &str) -> Result<(), Error> {
-        let error = error.to_owned();
-        self.call(move |conn, target| update(conn, target, id, Change::RecordFailure(&error)))
-            .await
-    }
-
-    async fn save_checkpoint(&self, id: MigrationId, checkpoint: &str) -> Result<(), Error> {
-        let checkpoint = checkpoint.to_owned();
-        self.call(move |conn, target| update(conn, target, id, Change::SaveCheckpoint(&checkpoint)))
             .await
     }
 
@@ -303,13 +291,41 @@ impl MigrationStore for SqliteStore {
         self.call(move |conn, target| sql::is_settled(conn, target, &fingerprint))
             .await
     }
+}
 
-    async fn lock(&self, wait: Duration) -> Result<LockGuard, Error> {
-        self.inner.run_lock.acquire(wait).await
-    }
+/// A [`RowChange`] without its borrow, to move onto a blocking thread.
+#[derive(Debug, Clone, Copy)]
+enum ChangeKind {
+    MarkExecuted,
+    MarkPending,
+    RecordSuccess,
+    RecordFailure,
+    SaveCheckpoint,
+}
 
-    async fn lock_or_wait(&self, wait: Duration) -> Result<Option<LockGuard>, Error> {
-        self.inner.run_lock.acquire_or_wait(wait).await
+fn owned(change: RowChange<'_>) -> Result<(ChangeKind, String), Error> {
+    Ok(match change {
+        RowChange::MarkExecuted => (ChangeKind::MarkExecuted, String::new()),
+        RowChange::MarkPending => (ChangeKind::MarkPending, String::new()),
+        RowChange::RecordSuccess => (ChangeKind::RecordSuccess, String::new()),
+        RowChange::RecordFailure(error) => (ChangeKind::RecordFailure, error.to_owned()),
+        RowChange::SaveCheckpoint(at) => (ChangeKind::SaveCheckpoint, at.to_owned()),
+        other => {
+            return Err(Error::invalid(
+                "change",
+                format!("the SQLite store does not know {other:?}"),
+            ));
+        }
+    })
+}
+
+fn borrowed(kind: ChangeKind, value: &str) -> RowChange<'_> {
+    match kind {
+        ChangeKind::MarkExecuted => RowChange::MarkExecuted,
+        ChangeKind::MarkPending => RowChange::MarkPending,
+        ChangeKind::RecordSuccess => RowChange::RecordSuccess,
+        ChangeKind::RecordFailure => RowChange::RecordFailure(value),
+        ChangeKind::SaveCheckpoint => RowChange::SaveCheckpoint(value),
     }
 }
 

@@ -1,5 +1,9 @@
-//! What a store works on: the database (for error messages) and the names
-//! of its table, side table and index, quoted once for splicing into SQL.
+//! What a store works on: the database (for error messages), the names of
+//! its table, side table and index, and the statements on them, rendered
+//! once by core's shared SQL.
+
+use waymark_core::Error;
+use waymark_core::store::sql::{Dialect, Statements};
 
 use crate::error::Site;
 
@@ -9,33 +13,36 @@ pub(crate) struct Target {
     pub(crate) site: Site,
     /// The table name as configured (already validated as a plain identifier).
     pub(crate) name: String,
-    /// `"<table>"`
-    pub(crate) table_sql: String,
-    /// `"<table>_fingerprints"`: the registered sets, for `is_settled`.
-    pub(crate) fingerprints_sql: String,
+    /// Every statement on the table, shared with the other SQL backends.
+    pub(crate) sql: Statements,
     /// `"<table>_pending"`: the partial index behind the pending query.
     pub(crate) pending_index_sql: String,
-    /// The start-up fast path's query, rendered once: it runs on every start.
-    pub(crate) is_settled_sql: String,
 }
 
 impl Target {
     /// `name` must have passed `SqliteConfig::validate`, so quoting it is
     /// only belt and braces.
     pub(crate) fn new(site: Site, name: &str) -> Self {
-        let table_sql = format!("\"{name}\"");
-        let fingerprints_sql = format!("\"{name}_fingerprints\"");
         Self {
             site,
             name: name.to_owned(),
-            is_settled_sql: format!(
-                "SELECT EXISTS (SELECT 1 FROM {fingerprints_sql} WHERE fingerprint = ?1) \
-                 AND NOT EXISTS (SELECT 1 FROM {table_sql} WHERE executed = 0)"
+            sql: Statements::new(
+                Dialect::Sqlite,
+                &format!("\"{name}\""),
+                &format!("\"{name}_fingerprints\""),
             ),
-            table_sql,
-            fingerprints_sql,
             pending_index_sql: format!("\"{name}_pending\""),
         }
+    }
+
+    /// The quoted table.
+    pub(crate) fn table_sql(&self) -> &str {
+        &self.sql.table
+    }
+
+    /// The quoted side table of registered sets.
+    pub(crate) fn fingerprints_sql(&self) -> &str {
+        &self.sql.fingerprints
     }
 
     /// The side table's bare name, as `sqlite_schema` spells it.
@@ -46,5 +53,38 @@ impl Target {
     /// The index's bare name, as `sqlite_schema` spells it.
     pub(crate) fn pending_index_name(&self) -> String {
         format!("{}_pending", self.name)
+    }
+
+    /// `table "migrations" in SQLite database app.db`.
+    pub(crate) fn describe(&self) -> String {
+        format!("table {:?} in {}", self.name, self.site.location)
+    }
+
+    /// The error of a read that found no tracking table.
+    pub(crate) fn not_initialised(&self) -> Error {
+        Error::NotInitialised {
+            table: self.describe(),
+        }
+    }
+}
+
+impl Target {
+    /// The error for `err` from a statement on the tracking table:
+    /// [`Error::NotInitialised`] when the table (or a column of it) is
+    /// missing, otherwise as [`Site::error`].
+    pub(crate) fn error(&self, doing: impl std::fmt::Display, err: rusqlite::Error) -> Error {
+        if crate::error::is_unprepared(&err) {
+            self.not_initialised()
+        } else {
+            self.site.error(doing, err)
+        }
+    }
+
+    /// A closure for `map_err`.
+    pub(crate) fn err<D: std::fmt::Display>(
+        &self,
+        doing: D,
+    ) -> impl FnOnce(rusqlite::Error) -> Error + use<'_, D> {
+        move |err| self.error(doing, err)
     }
 }

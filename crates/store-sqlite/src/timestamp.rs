@@ -19,10 +19,24 @@ pub(crate) fn format(at: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-/// Parses stored text; any RFC 3339 form is accepted (a row written by hand
-/// or by another tool), and the result is in UTC.
+/// SQLite's own `datetime('now')` and SQLAlchemy's `DateTime` form, in UTC:
+/// what an adopted table's `executed_at` holds.
+const SQL_TEXT: &[BorrowedFormatItem<'static>] = format_description!(
+    "[year]-[month]-[day][first [T][ ]][hour]:[minute]:[second][optional [.[subsecond]]]"
+);
+
+/// Parses stored text, in the result in UTC. Any RFC 3339 form is accepted
+/// (a row written by hand or by another tool), and so is SQL's
+/// `YYYY-MM-DD HH:MM:SS[.ffffff]` without an offset, read as UTC as SQLite's
+/// `CURRENT_TIMESTAMP` writes it: a table adopted from the original app holds that.
 pub(crate) fn parse(text: &str) -> Result<OffsetDateTime, time::error::Parse> {
-    OffsetDateTime::parse(text, &Rfc3339).map(|at| at.to_offset(time::UtcOffset::UTC))
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map(|at| at.to_offset(time::UtcOffset::UTC))
+        .or_else(|rfc| {
+            time::PrimitiveDateTime::parse(text, SQL_TEXT)
+                .map(|at| at.assume_utc())
+                .map_err(|_| rfc)
+        })
 }
 
 #[cfg(test)]
@@ -31,7 +45,7 @@ mod tests {
 
     #[test]
     fn round_trips_microseconds_with_fixed_width() {
-        let at = waymark_core::now_utc();
+        let at = waymark_core::store::now_utc();
         let text = format(at);
         assert_eq!(text.len(), "2024-01-02T03:04:05.123456Z".len(), "{text}");
         assert_eq!(parse(&text).unwrap(), at);
@@ -46,5 +60,15 @@ mod tests {
         assert_eq!(at.offset(), time::UtcOffset::UTC);
         assert_eq!(at.hour(), 8);
         assert!(parse("yesterday").is_err());
+    }
+
+    #[test]
+    fn sql_text_without_offset_reads_as_utc() {
+        let at = parse("2024-05-01 10:00:00").unwrap();
+        assert_eq!((at.hour(), at.offset()), (10, time::UtcOffset::UTC));
+        let at = parse("2024-05-01 10:00:00.250000").unwrap();
+        assert_eq!(at.millisecond(), 250);
+        assert!(parse("2024-05-01T10:00:00").is_ok());
+        assert!(parse("2024-05-01").is_err());
     }
 }

@@ -265,9 +265,8 @@ pub fn plan_table(
             }
             continue;
         };
-        let text_time = expected.name == "executed_at"
-            && timestamps_as_text
-            && column.class == TypeClass::Text;
+        let text_time =
+            expected.name == "executed_at" && timestamps_as_text && column.class == TypeClass::Text;
         if !expected.accepts.contains(&column.class) && !text_time {
             return Err(refuse(
                 expected.name,
@@ -390,7 +389,11 @@ pub struct AmbiguousRowsRefused {
 
 impl fmt::Display for AmbiguousRowsRefused {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the existing table {:?} holds rows whose state is ambiguous", self.table)?;
+        write!(
+            f,
+            "the existing table {:?} holds rows whose state is ambiguous",
+            self.table
+        )?;
         let ids = |ids: &mut dyn Iterator<Item = MigrationId>| {
             ids.map(|id| id.to_string()).collect::<Vec<_>>().join(", ")
         };
@@ -459,9 +462,17 @@ impl fmt::Display for PreparePlan {
         if self.create {
             writeln!(f, "{}: would be created", self.table)?;
         } else if self.changes.is_empty() {
-            writeln!(f, "{}: existing table, columns kept as they are", self.table)?;
+            writeln!(
+                f,
+                "{}: existing table, columns kept as they are",
+                self.table
+            )?;
         } else {
-            writeln!(f, "{}: existing table would be adopted in place:", self.table)?;
+            writeln!(
+                f,
+                "{}: existing table would be adopted in place:",
+                self.table
+            )?;
             for change in &self.changes {
                 writeln!(f, "  {change}")?;
             }
@@ -474,10 +485,16 @@ impl fmt::Display for PreparePlan {
             writeln!(f, "  row {id}: executed is NULL (needs a choice)")?;
         }
         for (id, value) in &rows.legacy_timestamps {
-            writeln!(f, "  row {id}: executed_at {value:?} has no offset (needs a choice)")?;
+            writeln!(
+                f,
+                "  row {id}: executed_at {value:?} has no offset (needs a choice)"
+            )?;
         }
         for id in &rows.long_names {
-            writeln!(f, "  row {id}: name longer than 250 characters (kept, never matched)")?;
+            writeln!(
+                f,
+                "  row {id}: name longer than 250 characters (kept, never matched)"
+            )?;
         }
         Ok(())
     }
@@ -511,7 +528,10 @@ mod tests {
             .iter()
             .map(|TableChange::Add(column)| column.name())
             .collect();
-        assert_eq!(added, ["executed_at", "attempts", "last_error", "checkpoint"]);
+        assert_eq!(
+            added,
+            ["executed_at", "attempts", "last_error", "checkpoint"]
+        );
     }
 
     #[test]
@@ -526,7 +546,10 @@ mod tests {
             .columns
             .push(FoundColumn::new("executed_at", "text", TypeClass::Text));
         assert_eq!(refused_column(&table).as_deref(), Some("executed_at"));
-        assert!(plan_table(&table, true).is_ok(), "text is SQLite's time type");
+        assert!(
+            plan_table(&table, true).is_ok(),
+            "text is SQLite's time type"
+        );
         let mut table = original();
         table.columns[0] = FoundColumn::new("id", "uuid", TypeClass::Other);
         assert_eq!(refused_column(&table).as_deref(), Some("id"));
@@ -551,6 +574,9 @@ mod tests {
             table: "migrations".into(),
             rows,
         };
-        assert!(refused.to_string().contains("executed is NULL for 3"), "{refused}");
+        assert!(
+            refused.to_string().contains("executed is NULL for 3"),
+            "{refused}"
+        );
     }
 }

@@ -234,9 +234,7 @@ pub async fn atomic_success_is_conditional<St: AtomicFixture>(db: &AtomicDb<St>)
 
 /// Each batch commits with its checkpoint; after a stop the next batch
 /// starts from the saved checkpoint; the last batch records the success.
-pub async fn batches_commit_with_their_checkpoint_and_resume<St: AtomicFixture>(
-    db: &AtomicDb<St>,
-) {
+pub async fn batches_commit_with_their_checkpoint_and_resume<St: AtomicFixture>(db: &AtomicDb<St>) {
     let plan = BatchPlan {
         per_batch: 3,
         last: 7,
@@ -275,9 +273,7 @@ pub async fn batches_commit_with_their_checkpoint_and_resume<St: AtomicFixture>(
 
 /// A batch commits only if the row is still at the checkpoint it started
 /// from; a batch of a run that another run overtook rolls back.
-pub async fn batch_success_is_conditional_on_its_checkpoint<St: AtomicFixture>(
-    db: &AtomicDb<St>,
-) {
+pub async fn batch_success_is_conditional_on_its_checkpoint<St: AtomicFixture>(db: &AtomicDb<St>) {
     let plan = BatchPlan {
         per_batch: 2,
         last: 10,
@@ -349,7 +345,9 @@ pub async fn reentry_from_another_thread_fails_at_once<St: AtomicFixture>(db: &A
         let took = started.elapsed();
         match call {
             Err(Error::Conflict { .. }) if took < AT_ONCE => result,
-            other => Err(format!("expected an immediate Conflict, got {other:?} after {took:?}").into()),
+            other => {
+                Err(format!("expected an immediate Conflict, got {other:?} after {took:?}").into())
+            }
         }
     });
     let outcome = tokio::time::timeout(
@@ -392,10 +390,7 @@ pub async fn cancelled_handler_leaves_nothing_running<St: AtomicFixture>(db: &At
         .await
         .expect("a cancelled atomic handler returns")
         .expect("no panic");
-    assert!(
-        matches!(result, Err(AtomicError::Failed(_))),
-        "{result:?}"
-    );
+    assert!(matches!(result, Err(AtomicError::Failed(_))), "{result:?}");
     assert!(settled(db).await, "a statement is still running");
     assert!(db.store.values().await.is_empty());
     assert_eq!(db.store.get(id(1)).await.unwrap(), row);

@@ -736,7 +736,11 @@ pub async fn lock_is_exclusive_across_instances(db: &TestStore) {
     db.prepared().await;
     let other = db.reopen().await;
     other.prepare().await.unwrap();
-    let guard = db.store.lock(&run_lock(Duration::from_secs(5))).await.unwrap();
+    let guard = db
+        .store
+        .lock(&run_lock(Duration::from_secs(5)))
+        .await
+        .unwrap();
     let result = other.lock(&run_lock(Duration::from_millis(200))).await;
     assert!(
         matches!(result, Err(Error::LockTimeout { .. })),
@@ -756,7 +760,12 @@ pub async fn lock_is_released_on_drop(db: &TestStore) {
     let guard = store.lock(&run_lock(Duration::from_secs(5))).await.unwrap();
     let waiter = {
         let store = Arc::clone(&db.store);
-        tokio::spawn(async move { store.lock(&run_lock(Duration::from_secs(10))).await.map(drop) })
+        tokio::spawn(async move {
+            store
+                .lock(&run_lock(Duration::from_secs(10)))
+                .await
+                .map(drop)
+        })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(
@@ -826,7 +835,11 @@ pub async fn lock_or_wait_takes_a_free_lock_and_outwaits_a_holder(db: &TestStore
         .unwrap()
         .expect("lock_or_wait returns once the holder is gone");
 
-    let _held = db.store.lock(&run_lock(Duration::from_secs(5))).await.unwrap();
+    let _held = db
+        .store
+        .lock(&run_lock(Duration::from_secs(5)))
+        .await
+        .unwrap();
     let wait = Duration::from_millis(300);
     let started = Instant::now();
     let result = other.lock_or_wait(&run_lock(wait)).await;
@@ -843,9 +856,16 @@ pub async fn lock_scopes_are_separate_locks(db: &TestStore) {
     db.prepared().await;
     let other = db.reopen().await;
     let wait = Duration::from_millis(200);
-    let run = db.store.lock(&run_lock(Duration::from_secs(5))).await.unwrap();
+    let run = db
+        .store
+        .lock(&run_lock(Duration::from_secs(5)))
+        .await
+        .unwrap();
     let background = other
-        .lock(&LockRequest::new(LockScope::Background, Duration::from_secs(5)))
+        .lock(&LockRequest::new(
+            LockScope::Background,
+            Duration::from_secs(5),
+        ))
         .await
         .expect("the background lock is free while the run lock is held");
     let busy = db
@@ -877,5 +897,8 @@ pub async fn reads_before_prepare_are_not_initialised(db: &TestStore) {
         assert!(!text.contains(sql), "SQL text in the message: {text}");
     }
     let again = db.store.list().await;
-    assert!(matches!(again, Err(Error::NotInitialised { .. })), "{again:?}");
+    assert!(
+        matches!(again, Err(Error::NotInitialised { .. })),
+        "{again:?}"
+    );
 }
