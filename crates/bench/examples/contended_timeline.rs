@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Barrier;
 use waymark_bench::BoxError;
 use waymark_bench::noop::{definitions, register};
-use waymark_core::{BoxError as CoreBoxError, Handler};
+use waymark_core::BoxError as CoreBoxError;
 use waymark_runner::{RunEvent, Runner};
 
 type Marks = Arc<Mutex<Vec<(Duration, usize, String)>>>;
@@ -30,7 +30,7 @@ async fn main() -> Result<(), BoxError> {
         for i in 0..k {
             let store = db.store().await;
             waymark_core::MigrationStore::list(&store).await?;
-            let mut builder = Runner::<()>::builder(store.clone());
+            let mut builder = Runner::<(), _>::builder(store.clone());
             let (m, t) = (Arc::clone(&marks), Arc::clone(&t0));
             builder = builder.observer(move |e: &RunEvent| {
                 let what = match e {
@@ -43,13 +43,12 @@ async fn main() -> Result<(), BoxError> {
                 m.lock().unwrap().push((at, i, what.to_owned()));
             });
             for def in definitions(10)? {
-                let h: Handler<()> = store.atomic(|tx, _| {
+                builder = builder.atomic(def, |tx, _| {
                     Box::pin(async move {
                         tx.execute("UPDATE counter SET n = n + 1", &[]).await?;
                         Ok::<(), CoreBoxError>(())
                     })
                 });
-                builder = builder.migration(def, h);
             }
             runners.push(builder.build()?);
         }

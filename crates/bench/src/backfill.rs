@@ -58,23 +58,22 @@ fn zones_def(id: i64) -> Result<MigrationDef, waymark_core::Error> {
 }
 
 /// A runner of the same backfill as migration `id`, registered, with
-/// [`SqliteStore::batched`], and the count of streams it will process.
+/// a batched atomic handler, and the count of streams it will process.
 pub async fn sqlite_runner(
     store: &SqliteStore,
     id: i64,
     batch: usize,
-) -> Result<(Runner<()>, Counter), BoxError> {
+) -> Result<(Runner<(), SqliteStore>, Counter), BoxError> {
     let def = zones_def(id)?;
     store.register(std::slice::from_ref(&def)).await?;
     let processed = Counter::default();
     let counted = Arc::clone(&processed);
-    let handler = store.batched(move |tx, from, _ctx| {
-        let step: BatchStep = hr::sqlite::batch(tx, from, batch)?;
-        counted.fetch_add(step.processed(), Ordering::Relaxed);
-        Ok(step)
-    });
-    let runner = Runner::<()>::builder(store.clone())
-        .migration(def, handler)
+    let runner = Runner::<(), _>::builder(store.clone())
+        .batched(def, move |tx, from, _ctx| {
+            let step: BatchStep = hr::sqlite::batch(tx, from, batch)?;
+            counted.fetch_add(step.processed(), Ordering::Relaxed);
+            Ok::<_, BoxError>(step)
+        })
         .build()?;
     Ok((runner, processed))
 }
@@ -91,17 +90,17 @@ pub async fn sqlite_waymark(store: &SqliteStore, id: i64, batch: usize) -> Resul
 }
 
 /// Times one run of `runner`, whose migration is registered and pending.
-async fn timed(
+async fn timed<St: MigrationStore + Clone>(
     samples: &mut Samples,
-    runner: &Runner<()>,
+    runner: &Runner<(), St>,
     processed: &Counter,
 ) -> Result<u64, BoxError> {
     samples.time(run_once(runner)).await?;
     Ok(processed.load(Ordering::Relaxed))
 }
 
-async fn run_once(runner: &Runner<()>) -> Result<(), BoxError> {
-    let report = runner.run(()).await?;
+async fn run_once<St: MigrationStore + Clone>(runner: &Runner<(), St>) -> Result<(), BoxError> {
+    let report = runner.run(()).await?.into_report();
     if report.executed().count() != 1 {
         return Err(format!("the backfill did not run exactly once: {report}").into());
     }
@@ -248,26 +247,25 @@ pub async fn pg_hand_loop(
     }
 }
 
-/// A runner of the same backfill with `PostgresStore::batched`, registered.
+/// A runner of the same backfill with a batched atomic handler, registered.
 pub async fn pg_runner(
     store: &waymark_postgres::PostgresStore,
     id: i64,
     batch: usize,
-) -> Result<(Runner<()>, Counter), BoxError> {
+) -> Result<(Runner<(), waymark_postgres::PostgresStore>, Counter), BoxError> {
     let def = zones_def(id)?;
     store.register(std::slice::from_ref(&def)).await?;
     let processed = Counter::default();
     let counted = Arc::clone(&processed);
-    let handler = store.batched(move |tx, from, _ctx| {
-        let counted = Arc::clone(&counted);
-        Box::pin(async move {
-            let step = hr::postgres::batch(tx, from, batch).await?;
-            counted.fetch_add(step.processed(), Ordering::Relaxed);
-            Ok(step)
+    let runner = Runner::<(), _>::builder(store.clone())
+        .batched(def, move |tx, from, _ctx| {
+            let counted = Arc::clone(&counted);
+            Box::pin(async move {
+                let step = hr::postgres::batch(tx, from, batch).await?;
+                counted.fetch_add(step.processed(), Ordering::Relaxed);
+                Ok::<_, BoxError>(step)
+            })
         })
-    });
-    let runner = Runner::<()>::builder(store.clone())
-        .migration(def, handler)
         .build()?;
     Ok((runner, processed))
 }

@@ -19,8 +19,8 @@ use crate::{BoxError, Scale};
 
 /// Starts every runner at once (behind a barrier) and returns the wall time
 /// until the last has finished, with their reports.
-pub async fn start_together(
-    runners: Vec<Runner<()>>,
+pub async fn start_together<St: MigrationStore + Clone>(
+    runners: Vec<Runner<(), St>>,
 ) -> Result<(Duration, Vec<RunReport>), BoxError> {
     let barrier = Arc::new(Barrier::new(runners.len() + 1));
     let tasks: Vec<_> = runners
@@ -29,7 +29,7 @@ pub async fn start_together(
             let barrier = Arc::clone(&barrier);
             tokio::spawn(async move {
                 barrier.wait().await;
-                runner.run(()).await
+                runner.run(()).await.map(waymark_runner::Started::into_report)
             })
         })
         .collect();

@@ -4,7 +4,8 @@
 //! batch functions here, so the two differ only in the loop around them.
 
 use rusqlite::{Connection, OptionalExtension, params};
-use waymark_core::{BatchStep, StreamType};
+use waymark_core::BatchStep;
+use waymark_core::stream::StreamType;
 
 use crate::BoxError;
 

@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use waymark_core::{Handler, MigrationDef, MigrationStore};
-use waymark_runner::Runner;
+use waymark_core::{MigrationDef, MigrationStore};
+use waymark_runner::{Handler, Runner};
 use waymark_sqlite::SqliteStore;
 
 use crate::report::{Figure, Target};
@@ -36,10 +36,10 @@ pub fn definitions(n: usize) -> Result<Vec<MigrationDef>, BoxError> {
 }
 
 /// A runner declaring `n` migrations whose handlers do nothing.
-pub fn runner(store: impl MigrationStore, n: usize) -> Result<Runner<()>, BoxError> {
-    let mut builder = Runner::<()>::builder(store);
+pub fn runner<St: MigrationStore + Clone>(store: St, n: usize) -> Result<Runner<(), St>, BoxError> {
+    let mut builder = Runner::<(), _>::builder(store);
     for def in definitions(n)? {
-        builder = builder.migration(def, Handler::async_fn(|_| async { Ok(()) }));
+        builder = builder.migration(def, Handler::async_fn(|_| async { Ok::<(), waymark_core::BoxError>(()) }));
     }
     Ok(builder.build()?)
 }
@@ -76,8 +76,8 @@ pub fn mark_all_executed_sqlite(path: &Path) -> Result<(), BoxError> {
 }
 
 /// Checks that the next run takes the fast path.
-async fn check_fast_path(runner: &Runner<()>) -> Result<(), BoxError> {
-    check_settled(runner.run(()).await?)
+async fn check_fast_path<St: MigrationStore + Clone>(runner: &Runner<(), St>) -> Result<(), BoxError> {
+    check_settled(runner.run(()).await?.into_report())
 }
 
 /// Samples of the three variants of one figure.
@@ -116,7 +116,7 @@ pub async fn sqlite(scale: &Scale, figures: &mut Vec<Figure>) -> Result<(), BoxE
 async fn sqlite_figure(
     scale: &Scale,
     path: &Path,
-    runner: &Runner<()>,
+    runner: &Runner<(), SqliteStore>,
     n: usize,
 ) -> Result<Figure, BoxError> {
     let baseline_conn = rusqlite::Connection::open(path)?;
@@ -144,7 +144,7 @@ async fn sqlite_figure(
 
     let mut warm = Three::default();
     for _ in 0..WARM_UP {
-        check_settled(warm.waymark.time(runner.run(())).await?)?;
+        check_settled(warm.waymark.time(runner.run(())).await?.into_report())?;
         check_empty(warm.baseline.time_sync(&mut baseline)?)?;
         check_empty(warm.peer.time_sync(&mut peer)?)?;
     }
@@ -156,7 +156,7 @@ async fn sqlite_figure(
     let mut s = Three::default();
     for _ in 0..ROUNDS {
         for _ in 0..counts[0] {
-            check_settled(s.waymark.time(runner.run(())).await?)?;
+            check_settled(s.waymark.time(runner.run(())).await?.into_report())?;
         }
         for _ in 0..counts[1] {
             check_empty(s.baseline.time_sync(&mut baseline)?)?;
@@ -205,7 +205,7 @@ pub async fn postgres(scale: &Scale, figures: &mut Vec<Figure>) -> Result<(), Bo
 
         let mut warm = Three::default();
         for _ in 0..WARM_UP {
-            check_settled(warm.waymark.time(runner.run(())).await?)?;
+            check_settled(warm.waymark.time(runner.run(())).await?.into_report())?;
             check_empty(
                 warm.baseline
                     .time(baseline_client.query(&pending, &[]))
@@ -228,7 +228,7 @@ pub async fn postgres(scale: &Scale, figures: &mut Vec<Figure>) -> Result<(), Bo
         let mut s = Three::default();
         for _ in 0..ROUNDS {
             for _ in 0..counts[0] {
-                check_settled(s.waymark.time(runner.run(())).await?)?;
+                check_settled(s.waymark.time(runner.run(())).await?.into_report())?;
             }
             for _ in 0..counts[1] {
                 check_empty(

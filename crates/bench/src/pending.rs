@@ -12,7 +12,8 @@ use std::path::Path;
 
 use rusqlite::{Connection, TransactionBehavior, params};
 use waymark_core::time::format_description::well_known::Rfc3339;
-use waymark_core::{BoxError as CoreBoxError, now_utc};
+use waymark_core::BoxError as CoreBoxError;
+use waymark_core::store::now_utc;
 use waymark_postgres::PostgresStore;
 use waymark_runner::Runner;
 use waymark_sqlite::SqliteStore;
@@ -28,29 +29,30 @@ const COUNTER_SQL: &str = "CREATE TABLE counter (id INTEGER PRIMARY KEY, n INTEG
                            INSERT INTO counter (id, n) VALUES (1, 0)";
 
 /// A SQLite runner of `n` atomic migrations, each bumping the counter.
-pub fn sqlite_runner(store: &SqliteStore, n: usize) -> Result<Runner<()>, BoxError> {
-    let mut builder = Runner::<()>::builder(store.clone());
+pub fn sqlite_runner(store: &SqliteStore, n: usize) -> Result<Runner<(), SqliteStore>, BoxError> {
+    let mut builder = Runner::<(), _>::builder(store.clone());
     for def in definitions(n)? {
-        let handler = store.atomic(|tx, _ctx| {
+        builder = builder.atomic(def, |tx, _ctx| {
             tx.execute(BUMP_SQL, [])?;
             Ok::<(), CoreBoxError>(())
         });
-        builder = builder.migration(def, handler);
     }
     Ok(builder.build()?)
 }
 
 /// A PostgreSQL runner of `n` atomic migrations, each bumping the counter.
-pub fn postgres_runner(store: &PostgresStore, n: usize) -> Result<Runner<()>, BoxError> {
-    let mut builder = Runner::<()>::builder(store.clone());
+pub fn postgres_runner(
+    store: &PostgresStore,
+    n: usize,
+) -> Result<Runner<(), PostgresStore>, BoxError> {
+    let mut builder = Runner::<(), _>::builder(store.clone());
     for def in definitions(n)? {
-        let handler = store.atomic(|tx, _ctx| {
+        builder = builder.atomic(def, |tx, _ctx| {
             Box::pin(async move {
                 tx.execute(BUMP_SQL, &[]).await?;
                 Ok::<(), CoreBoxError>(())
             })
         });
-        builder = builder.migration(def, handler);
     }
     Ok(builder.build()?)
 }
@@ -107,7 +109,7 @@ pub async fn sqlite(scale: &Scale, figures: &mut Vec<Figure>) -> Result<(), BoxE
         let path = dir.path().join(format!("waymark-{run}.db"));
         let store = sqlite_database(&path, n).await?;
         let runner = sqlite_runner(&store, n)?;
-        let report = waymark.time(runner.run(())).await?;
+        let report = waymark.time(runner.run(())).await?.into_report();
         check(report.executed().count(), counter_sqlite(&path)?, n)?;
         drop(runner);
         store.close().await?;
@@ -141,7 +143,7 @@ pub async fn postgres(scale: &Scale, figures: &mut Vec<Figure>) -> Result<(), Bo
         let admin = db.admin().await;
         admin.batch_execute(COUNTER_SQL).await?;
         let runner = postgres_runner(&store, n)?;
-        let report = waymark.time(runner.run(())).await?;
+        let report = waymark.time(runner.run(())).await?.into_report();
         check(report.executed().count(), counter_pg(&admin).await?, n)?;
 
         let db = waymark_tests::pg::fresh_database().await;

@@ -146,7 +146,7 @@ pub const HEADERS: [&str; 12] = [
 /// Every figure as a text table.
 pub fn table(figures: &[Figure]) -> String {
     let rows: Vec<Vec<String>> = figures.iter().map(Figure::cells).collect();
-    waymark_core::render_table(&HEADERS, &rows)
+    waymark_core::render::render_table(&HEADERS, &rows)
 }
 
 #[cfg(test)]

@@ -87,6 +87,10 @@ pub use waymark_runner::{
     SkipReason, Started, Status, UndeclaredPolicy,
 };
 
+/// The `time` crate of [`Migration::executed_at`], re-exported so that an
+/// application formats it without a dependency of its own.
+pub use waymark_core::time;
+
 /// The errors a run reports, and the ones found in their sources.
 ///
 /// [`Error`] is the one error type; a failed migration's

@@ -35,7 +35,7 @@ pub fn all() -> Result<Vec<(MigrationDef, Handler<App, SqliteStore>)>, Error> {
                 "Recompute average and maximum heart rate and average speed of every activity from its streams",
             )?,
             // Blocking and atomic: every activity's averages and the bookkeeping commit together.
-            Handler::atomic(recompute_averages),
+            Handler::<App, SqliteStore>::atomic(recompute_averages),
         ),
         (
             MigrationDef::new(
@@ -44,7 +44,7 @@ pub fn all() -> Result<Vec<(MigrationDef, Handler<App, SqliteStore>)>, Error> {
                 "Compute the share of time spent in each heart-rate zone, in batches with checkpoints",
             )?,
             // Batched and atomic: each batch commits with its checkpoint.
-            Handler::batched(hr_zone_batch),
+            Handler::<App, SqliteStore>::batched(hr_zone_batch),
         ),
         (
             MigrationDef::new(

@@ -2,7 +2,7 @@
 //! the original application's `activities_streams` rows.
 
 use serde_json::json;
-use waymark::StreamType;
+use waymark::stream::StreamType;
 use waymark::sqlite::rusqlite::{Connection, params};
 
 /// The application's own tables (waymark's tracking table lives beside them).

@@ -60,7 +60,7 @@ fn handler(id: i64) -> Handler<PgApp, PostgresStore> {
         PLAIN => Handler::async_fn(|ctx: MigrationContext<PgApp>| async move {
             log_plain(&ctx.state().client, ctx.id().get()).await
         }),
-        ATOMIC | ATOMIC_LATE => Handler::atomic(|tx, ctx| {
+        ATOMIC | ATOMIC_LATE => Handler::<PgApp, PostgresStore>::atomic(|tx, ctx| {
             Box::pin(async move {
                 let id = ctx.id().get();
                 tx.execute(
@@ -77,7 +77,7 @@ fn handler(id: i64) -> Handler<PgApp, PostgresStore> {
                 Ok::<(), BoxError>(())
             })
         }),
-        BATCHED => Handler::batched(|tx, from, _ctx| {
+        BATCHED => Handler::<PgApp, PostgresStore>::batched(|tx, from, _ctx| {
             Box::pin(async move {
                 let (after, last, step) = batch_step(from, BATCH)?;
                 let batch = after / BATCH + 1;

@@ -61,14 +61,14 @@ fn handler(id: i64) -> Handler<SqliteApp, SqliteStore> {
         PLAIN => Handler::blocking_fn(|ctx: MigrationContext<SqliteApp>| {
             log_plain(&ctx.state().path, ctx.id().get())
         }),
-        ATOMIC | ATOMIC_LATE => Handler::atomic(|tx, ctx: &MigrationContext<SqliteApp>| {
+        ATOMIC | ATOMIC_LATE => Handler::<SqliteApp, SqliteStore>::atomic(|tx, ctx: &MigrationContext<SqliteApp>| {
             let id = ctx.id().get();
             tx.execute("INSERT INTO atomic_log VALUES (?1, 'first')", [id])?;
             std::thread::sleep(PAUSE);
             tx.execute("INSERT INTO atomic_log VALUES (?1, 'second')", [id])?;
             Ok::<(), BoxError>(())
         }),
-        BATCHED => Handler::batched(|tx, from, _ctx: &MigrationContext<SqliteApp>| {
+        BATCHED => Handler::<SqliteApp, SqliteStore>::batched(|tx, from, _ctx: &MigrationContext<SqliteApp>| {
             let (after, last, step) = batch_step(from, BATCH)?;
             let batch = after / BATCH + 1;
             for item in after + 1..=last {
