@@ -56,13 +56,12 @@ type ResumableBlockingFn<S> =
 /// commits in it. The store type is part of the handler's type, so a handler
 /// written for one store cannot be given to a runner over another:
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
 /// use waymark_core::{BoxError, MemoryStore};
 /// use waymark_runner::{Handler, Runner};
 ///
 /// // MemoryStore has no transactions: there is no atomic handler for it.
-/// let handler: Handler<(), MemoryStore> =
-///     Handler::atomic(|_tx, _ctx| Ok::<(), BoxError>(()));
+/// let handler = Handler::<(), MemoryStore>::atomic(|_tx, _ctx| Ok::<(), BoxError>(()));
 /// ```
 ///
 /// Handlers return `Result<(), E>` for any error type `E` that converts

@@ -25,7 +25,7 @@
 //! runner (after the handler returned) or a store's own transaction (for
 //! atomic handlers) records completion.
 //!
-//! ```compile_fail
+//! ```compile_fail,E0599
 //! use waymark::{Handler, MemoryStore, MigrationContext};
 //!
 //! let _: Handler<(), MemoryStore> = Handler::blocking_fn(|ctx: MigrationContext<()>| {
@@ -37,12 +37,12 @@
 //! An atomic handler receives a `&MigrationContext` and cannot save
 //! checkpoints or record anything through it either:
 //!
-//! ```compile_fail
+//! ```compile_fail,E0596
 //! # #[cfg(feature = "sqlite")] {
 //! use waymark::sqlite::SqliteStore;
 //! use waymark::{Handler, MigrationContext};
 //!
-//! let _: Handler<(), SqliteStore> = Handler::atomic(|_tx, ctx: &MigrationContext<()>| {
+//! let _ = Handler::<(), SqliteStore>::atomic(|_tx, ctx: &MigrationContext<()>| {
 //!     ctx.save_checkpoint_blocking("claimed")?; // needs `&mut`
 //!     Ok::<(), waymark::BoxError>(())
 //! });
@@ -55,14 +55,14 @@
 An atomic handler is typed by its store: one written for SQLite cannot be
 given to a runner over PostgreSQL.
 
-```compile_fail
+```compile_fail,E0308
 use waymark::postgres::PostgresStore;
 use waymark::sqlite::SqliteStore;
 use waymark::{Handler, MigrationDef, Runner};
 
 async fn build(pg: PostgresStore) -> Result<(), waymark::Error> {
     let for_sqlite: Handler<(), SqliteStore> =
-        Handler::atomic(|tx, _ctx| {
+        Handler::<(), SqliteStore>::atomic(|tx, _ctx| {
             tx.execute("UPDATE laps SET n = n + 1", [])?;
             Ok::<(), waymark::BoxError>(())
         });
