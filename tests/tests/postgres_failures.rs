@@ -6,16 +6,15 @@
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
+use waymark_core::store::{AtomicError, AtomicFn, AtomicStore, LockRequest, LockScope};
 use waymark_core::{
-    BoxError, Error, Handler, MigrationContext, MigrationDef, MigrationId, MigrationStore,
-    error_chain,
+    BoxError, Error, MigrationContext, MigrationDef, MigrationId, MigrationStore, error_chain,
 };
 use waymark_postgres::{PostgresConfig, PostgresStore, sqlstate};
-use waymark_tests::pg::{TestDatabase, fresh_database, fresh_store};
+use waymark_tests::pg::{TestDatabase, atomic_fn, context, fresh_database, fresh_store};
 
 fn id(raw: i64) -> MigrationId {
     MigrationId::new(raw).unwrap()
@@ -23,6 +22,10 @@ fn id(raw: i64) -> MigrationId {
 
 fn def(raw: i64, name: &str) -> MigrationDef {
     MigrationDef::new(raw, name, "").unwrap()
+}
+
+fn run_lock(wait: Duration) -> LockRequest {
+    LockRequest::new(LockScope::Run, wait)
 }
 
 /// Every way an error can be printed, for checks on what it shows.
@@ -43,24 +46,24 @@ async fn the_lock_is_exclusive_across_two_pools() {
     let first = db.store().await;
     let second = db.store().await;
     assert_eq!(first.lock_key(), second.lock_key());
-    let guard = first.lock(Duration::from_secs(5)).await.unwrap();
+    let guard = first.lock(&run_lock(Duration::from_secs(5))).await.unwrap();
     let held = only_lock(&db).await;
     assert_eq!((held.key, held.granted), (first.lock_key(), true));
 
     let wait = Duration::from_millis(300);
-    let result = second.lock(wait).await;
+    let result = second.lock(&run_lock(wait)).await;
     assert!(
         matches!(result, Err(Error::LockTimeout { waited }) if waited == wait),
         "{result:?}"
     );
-    let result = second.lock(Duration::ZERO).await;
+    let result = second.lock(&run_lock(Duration::ZERO)).await;
     assert!(
         matches!(result, Err(Error::LockTimeout { .. })),
         "{result:?}"
     );
 
     // A waiter gets it as soon as the holder lets go.
-    let waiter = tokio::spawn(async move { second.lock(Duration::from_secs(10)).await });
+    let waiter = tokio::spawn(async move { second.lock(&run_lock(Duration::from_secs(10))).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiter.is_finished());
     drop(guard);
@@ -80,7 +83,7 @@ async fn the_locks_connection_never_serves_the_pool() {
         .statement_timeout(Duration::MAX);
     let store = PostgresStore::connect_with(config).await.unwrap();
     store.prepare().await.unwrap();
-    let _guard = store.lock(Duration::MAX).await.unwrap();
+    let _guard = store.lock(&run_lock(Duration::MAX)).await.unwrap();
     let holder = only_lock(&db).await.pid;
     // The pool's single slot is free, and its connection is another session.
     let pooled: i32 = store
@@ -102,30 +105,29 @@ async fn after_a_handler_error_while_holding_the_lock_no_advisory_lock_is_left()
     let (store, db) = fresh_store().await;
     store.prepare().await.unwrap();
     store.register(&[def(1, "fails")]).await.unwrap();
-    let handler: Handler<()> = store.atomic(|tx, _ctx| {
+    let work = atomic_fn(|tx, _ctx: &MigrationContext<()>| {
         Box::pin(async move {
             tx.execute("SELECT 1", &[]).await?;
             Err::<(), BoxError>("handler failed".into())
         })
     });
     // What a runner does: lock, run, and leave through the error path.
-    async fn locked_run(store: &PostgresStore, handler: &Handler<()>) -> Result<(), BoxError> {
-        let _guard = store.lock(Duration::from_secs(5)).await?;
+    async fn locked_run(
+        store: &PostgresStore,
+        work: AtomicFn<(), PostgresStore>,
+    ) -> Result<(), BoxError> {
+        let _guard = store.lock(&run_lock(Duration::from_secs(5))).await?;
         let row = store.get(id(1)).await?;
-        let ctx = MigrationContext::new(Arc::new(()), row, Arc::new(store.clone()));
-        let Handler::Async(handler) = handler else {
-            unreachable!()
-        };
-        handler.run(ctx).await?;
+        store.execute_atomic(work, context(store, row)).await?;
         Ok(())
     }
-    let err = locked_run(&store, &handler).await.unwrap_err();
+    let err = locked_run(&store, work).await.unwrap_err();
     assert_eq!(err.to_string(), "handler failed");
     let left = db.wait_for_no_advisory_locks(Duration::from_secs(5)).await;
     assert!(left.is_empty(), "advisory locks left: {left:?}");
     // The store's pooled connections are alive and hold nothing.
     assert!(store.pool().status().size >= 1);
-    let _next = store.lock(Duration::ZERO).await.unwrap();
+    let _next = store.lock(&run_lock(Duration::ZERO)).await.unwrap();
 }
 
 #[tokio::test]
@@ -133,13 +135,16 @@ async fn a_panic_while_holding_the_lock_leaves_no_advisory_lock() {
     let (store, db) = fresh_store().await;
     let holder = store.clone();
     let task = tokio::spawn(async move {
-        let _guard = holder.lock(Duration::from_secs(5)).await.unwrap();
+        let _guard = holder
+            .lock(&run_lock(Duration::from_secs(5)))
+            .await
+            .unwrap();
         panic!("handler panicked while holding the lock");
     });
     assert!(task.await.unwrap_err().is_panic());
     let left = db.wait_for_no_advisory_locks(Duration::from_secs(5)).await;
     assert!(left.is_empty(), "advisory locks left: {left:?}");
-    let _next = store.lock(Duration::from_secs(1)).await.unwrap();
+    let _next = store.lock(&run_lock(Duration::from_secs(1))).await.unwrap();
 }
 
 #[tokio::test]
@@ -147,11 +152,28 @@ async fn killing_the_holders_backend_frees_the_lock() {
     let db = fresh_database().await;
     let first = db.store().await;
     let second = db.store().await;
-    let stale_guard = first.lock(Duration::from_secs(5)).await.unwrap();
+    let stale_guard = first.lock(&run_lock(Duration::from_secs(5))).await.unwrap();
     let holder = only_lock(&db).await.pid;
+    assert!(stale_guard.check().is_ok(), "held while its session lives");
     assert!(db.terminate(holder).await);
+    // The stale guard knows its lock is gone, once its connection has read
+    // the termination.
+    let mut lost = stale_guard.check();
+    for _ in 0..250 {
+        if lost.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        lost = stale_guard.check();
+    }
+    match lost {
+        Err(err @ Error::Store { .. }) => {
+            assert!(error_chain(&err).contains("the lock is lost"), "{err}")
+        }
+        other => panic!("expected the lost lock to be noticed, got {other:?}"),
+    }
     let _guard = second
-        .lock(Duration::from_secs(5))
+        .lock(&run_lock(Duration::from_secs(5)))
         .await
         .expect("the lock is free once its session is gone");
     drop(stale_guard);
@@ -173,7 +195,10 @@ async fn child_process_holding_the_lock() {
         std::process::exit(0);
     });
     let store = PostgresStore::connect(&url).await.unwrap();
-    let _guard = store.lock(Duration::from_secs(10)).await.unwrap();
+    let _guard = store
+        .lock(&run_lock(Duration::from_secs(10)))
+        .await
+        .unwrap();
     println!("{LOCKED}");
     tokio::time::sleep(Duration::from_secs(120)).await;
 }
@@ -205,13 +230,13 @@ async fn killing_the_holding_process_frees_the_lock() {
         panic!("the child never took the lock");
     }
     assert!(matches!(
-        store.lock(Duration::ZERO).await,
+        store.lock(&run_lock(Duration::ZERO)).await,
         Err(Error::LockTimeout { .. })
     ));
     child.kill().unwrap(); // SIGKILL: no destructor runs
     child.wait().unwrap();
     let _guard = store
-        .lock(Duration::from_secs(5))
+        .lock(&run_lock(Duration::from_secs(5)))
         .await
         .expect("the lock is free once its process is gone");
 }
@@ -286,17 +311,43 @@ async fn bad_settings_are_refused_before_connecting() {
 }
 
 #[tokio::test]
-async fn the_sqlstate_stays_in_the_source_chain() {
+async fn a_missing_table_is_not_initialised_naming_the_table_and_server() {
     let (store, _db) = fresh_store().await;
-    // Not prepared: the table is missing.
+    // Not prepared: reads say so (the server's UNDEFINED_TABLE becomes
+    // NotInitialised), naming the table and where it was looked for.
     let err = store.list().await.unwrap_err();
-    assert!(matches!(err, Error::Store { .. }), "{err:?}");
-    assert_eq!(sqlstate(&err), Some(SqlState::UNDEFINED_TABLE));
+    assert!(matches!(err, Error::NotInitialised { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(
-        text.contains("42P01") && text.contains("prepare()"),
-        "{text}"
-    );
+    assert!(text.contains("public.migrations"), "{text}");
+    assert!(text.contains("127.0.0.1:"), "{text}");
+    assert!(!text.contains("42P01"), "{text}");
+    // A schema that does not exist is the same.
+    let db = fresh_database().await;
+    let elsewhere = PostgresStore::connect_with(db.config().schema("nowhere"))
+        .await
+        .unwrap();
+    let err = elsewhere.pending().await.unwrap_err();
+    assert!(matches!(err, Error::NotInitialised { .. }), "{err:?}");
+    assert!(err.to_string().contains("nowhere.migrations"), "{err}");
+}
+
+#[tokio::test]
+async fn the_sqlstate_stays_in_the_source_chain() {
+    let (store, db) = fresh_store().await;
+    store.prepare().await.unwrap();
+    store.register(&[def(1, "one")]).await.unwrap();
+    // A constraint of the application's refuses the store's update.
+    db.admin()
+        .await
+        .batch_execute("ALTER TABLE migrations ADD CONSTRAINT never_fails CHECK (attempts = 0)")
+        .await
+        .unwrap();
+    let err = store.record_failure(id(1), "boom").await.unwrap_err();
+    assert!(matches!(err, Error::Store { .. }), "{err:?}");
+    assert_eq!(sqlstate(&err), Some(SqlState::CHECK_VIOLATION));
+    let text = error_chain(&err);
+    assert!(text.contains("23514"), "{text}");
+    assert!(text.contains("recording a failure"), "{text}");
     assert!(text.contains("127.0.0.1:"), "{text}");
     // Walking the chain by hand finds the server's error too.
     let mut source = std::error::Error::source(&err);
@@ -307,7 +358,9 @@ async fn the_sqlstate_stays_in_the_source_chain() {
         }
         source = cause.source();
     }
-    assert_eq!(found, Some(SqlState::UNDEFINED_TABLE));
+    assert_eq!(found, Some(SqlState::CHECK_VIOLATION));
+    // The refused update changed nothing, and the connection serves on.
+    assert_eq!(store.get(id(1)).await.unwrap().attempts, 0);
 }
 
 #[tokio::test]
@@ -352,35 +405,36 @@ async fn an_atomic_handler_whose_backend_is_terminated_fails_and_the_pool_recove
     store.prepare().await.unwrap();
     store.register(&[def(1, "slow")]).await.unwrap();
     let (pids, mut pid) = tokio::sync::mpsc::unbounded_channel::<i32>();
-    let handler: Handler<()> = store.atomic(move |tx, _ctx| {
+    let work = atomic_fn(move |tx, _ctx: &MigrationContext<()>| {
         let pids = pids.clone();
         Box::pin(async move {
             let row = tx.query_one("SELECT pg_backend_pid()", &[]).await?;
             let _ = pids.send(row.get(0));
             tx.execute("SELECT pg_sleep(30)", &[]).await?;
-            Ok(())
+            Ok::<(), BoxError>(())
         })
     });
-    let running = tokio::spawn({
-        let store = store.clone();
-        async move {
-            let row = store.get(id(1)).await.unwrap();
-            let ctx = MigrationContext::new(Arc::new(()), row, Arc::new(store.clone()));
-            let recorded = ctx.completion_flag();
-            let Handler::Async(handler) = handler else {
-                unreachable!()
-            };
-            (handler.run(ctx).await, recorded.is_set())
-        }
-    });
+    let row = store.get(id(1)).await.unwrap();
+    let running = tokio::spawn(store.execute_atomic(work, context(&store, row)));
     let pid = pid.recv().await.unwrap();
     assert!(db.terminate(pid).await);
-    let (result, recorded) = running.await.unwrap();
-    let err = result.unwrap_err();
-    assert_eq!(sqlstate(&*err), Some(SqlState::ADMIN_SHUTDOWN), "{err}");
-    assert!(!recorded);
+    let result = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the handler fails at once, not after its sleep")
+        .unwrap();
+    match result {
+        Err(AtomicError::Failed(err)) => {
+            assert_eq!(sqlstate(&*err), Some(SqlState::ADMIN_SHUTDOWN), "{err}");
+        }
+        other => panic!("expected the terminated session's error, got {other:?}"),
+    }
+    // The next call on the same one-connection pool succeeds.
     let row = store.get(id(1)).await.unwrap();
     assert!(!row.executed);
+    assert_eq!(
+        row.attempts, 0,
+        "the runner, not the store, records failures"
+    );
 }
 
 #[tokio::test]

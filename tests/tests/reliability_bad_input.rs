@@ -72,7 +72,7 @@ async fn a_postgres_batch_that_does_not_advance_is_rolled_back() {
         .batch_execute("CREATE TABLE items (item BIGINT NOT NULL)")
         .await
         .unwrap();
-    let handler = Handler::batched(|tx, from, _ctx: &waymark_core::MigrationContext<()>| {
+    let handler = Handler::<(), PostgresStore>::batched(|tx, from, _ctx| {
         Box::pin(async move {
             let item: i64 = from.map_or(1, |_| 2);
             tx.execute("INSERT INTO items VALUES ($1)", &[&item])

@@ -259,7 +259,7 @@ async fn terminating_the_session_waiting_for_the_lock_is_a_clear_error() {
     );
     assert!(matches!(err, Error::Store { .. }), "{err:?}");
     assert_eq!(sqlstate(&err), Some(SqlState::ADMIN_SHUTDOWN), "{err}");
-    assert!(error_chain(&err).contains("the migration lock"), "{err}");
+    assert!(error_chain(&err).contains("the run lock"), "{err}");
     assert!(items(&admin).await.is_empty());
     assert_eq!(states(&store.list().await.unwrap()), [(1, false, 0)]);
 

@@ -98,11 +98,17 @@ pub(crate) fn connection_lost(error: &tokio_postgres::Error) -> bool {
         .is_some_and(|cause| cause.is::<std::io::Error>())
 }
 
-/// Whether `error` says a table (or its schema) does not exist.
+/// Whether `error` says the tracking table is not (yet) waymark's: the
+/// table or its schema does not exist, or it lacks a column `prepare` adds
+/// (the original four-column table, before adoption).
 pub(crate) fn missing_table(error: &tokio_postgres::Error) -> bool {
     matches!(
         error.code(),
-        Some(&SqlState::UNDEFINED_TABLE | &SqlState::INVALID_SCHEMA_NAME)
+        Some(
+            &SqlState::UNDEFINED_TABLE
+                | &SqlState::INVALID_SCHEMA_NAME
+                | &SqlState::UNDEFINED_COLUMN
+        )
     )
 }
 
