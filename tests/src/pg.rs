@@ -24,22 +24,22 @@
 use std::env;
 use std::ffi::OsStr;
 use std::fmt;
+use std::future::Future;
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::{NoTls, Transaction};
+use waymark_core::run::new_context;
 use waymark_core::store::{
     AtomicError, AtomicFn, AtomicStore, BatchFn, BoxFuture, LockGuard, LockRequest, RowChange,
 };
 use waymark_core::testkit::{AtomicDb, AtomicFixture, BatchPlan, TestStore};
-use waymark_core::run::new_context;
 use waymark_core::{
     BatchStep, BoxError, CancellationToken, Error, Migration, MigrationContext, MigrationDef,
     MigrationId, MigrationStore, async_trait,

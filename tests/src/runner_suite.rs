@@ -291,7 +291,10 @@ async fn assert_lock_free(db: &TestStore) {
         let guard = other
             .lock(&LockRequest::new(scope, Duration::from_secs(5)))
             .await;
-        assert!(guard.is_ok(), "the run left the {scope} lock held: {guard:?}");
+        assert!(
+            guard.is_ok(),
+            "the run left the {scope} lock held: {guard:?}"
+        );
     }
 }
 
@@ -863,12 +866,19 @@ pub async fn background_migration_runs_while_the_app_serves(db: &TestStore) {
     drop(running);
     assert!(!row(db, 2).await.executed);
     release.notify_one();
-    assert_eq!(background.finished_status().await, BackgroundStatus::Finished);
+    assert_eq!(
+        background.finished_status().await,
+        BackgroundStatus::Finished
+    );
     assert!(row(db, 2).await.executed);
     let whole = started.wait().await.unwrap();
     assert!(matches!(status_of(&whole, 2), Status::Executed), "{whole}");
     assert_eq!(whole.executed().count(), 3);
-    assert_eq!(whole.outcomes().len(), 3, "one outcome per migration: {whole}");
+    assert_eq!(
+        whole.outcomes().len(),
+        3,
+        "one outcome per migration: {whole}"
+    );
     assert_lock_free(db).await;
 }
 
@@ -976,27 +986,30 @@ pub async fn a_replica_serves_while_another_runs_the_background_migration(db: &T
     .await
     .expect("the first instance runs it")
     .unwrap();
-    let second = tokio::time::timeout(
-        Duration::from_secs(10),
-        build(db.reopen().await).run(()),
-    )
-    .await
-    .expect("the replica serves at once")
-    .unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), build(db.reopen().await).run(()))
+        .await
+        .expect("the replica serves at once")
+        .unwrap();
     assert!(second.report().nothing_pending() || second.report().is_success());
     assert_eq!(
         second.background().status(),
         BackgroundStatus::WaitingForOtherInstance
     );
     release.notify_one();
-    assert_eq!(first.background().finished_status().await, BackgroundStatus::Finished);
+    assert_eq!(
+        first.background().finished_status().await,
+        BackgroundStatus::Finished
+    );
     assert_eq!(
         second.background().finished_status().await,
         BackgroundStatus::Finished
     );
     assert_eq!(bodies.load(Ordering::SeqCst), 1);
     let whole = second.wait().await.unwrap();
-    assert!(matches!(status_of(&whole, 1), Status::AlreadyDone), "{whole}");
+    assert!(
+        matches!(status_of(&whole, 1), Status::AlreadyDone),
+        "{whole}"
+    );
 }
 
 /// Two releases on one database: the newer one registers a migration that
@@ -1012,7 +1025,10 @@ pub async fn two_releases_share_a_database_and_a_rollback_starts(db: &TestStore)
         .unwrap();
     let failed = newer.run_and_report(()).await.unwrap().into_report();
     assert!(status_of(&failed, 3).is_failure(), "{failed}");
-    assert!(newer.run(()).await.is_err(), "the newer release cannot start");
+    assert!(
+        newer.run(()).await.is_err(),
+        "the newer release cannot start"
+    );
 
     let older = |policy| {
         Runner::<(), Store>::builder(Arc::clone(&db.store))
@@ -1024,7 +1040,10 @@ pub async fn two_releases_share_a_database_and_a_rollback_starts(db: &TestStore)
     };
     let rolled_back = older(UndeclaredPolicy::Warn).run(()).await.unwrap();
     let report = rolled_back.report();
-    assert!(matches!(status_of(report, 3), Status::Undeclared), "{report}");
+    assert!(
+        matches!(status_of(report, 3), Status::Undeclared),
+        "{report}"
+    );
     assert!(report.is_success());
     let three = row(db, 3).await;
     assert!(!three.executed && three.attempts == 2, "{three:?}");
@@ -1129,9 +1148,15 @@ pub async fn plan_and_run_refuse_a_renamed_migration(db: &TestStore) {
         .build()
         .unwrap();
     let err = runner.plan().await.unwrap_err();
-    assert!(matches!(err, Error::Conflict { id, .. } if id.get() == 1), "{err:?}");
+    assert!(
+        matches!(err, Error::Conflict { id, .. } if id.get() == 1),
+        "{err:?}"
+    );
     let err = runner.run(()).await.unwrap_err();
-    assert!(matches!(err, Error::Conflict { id, .. } if id.get() == 1), "{err:?}");
+    assert!(
+        matches!(err, Error::Conflict { id, .. } if id.get() == 1),
+        "{err:?}"
+    );
     assert!(logged(&order).is_empty());
     assert_eq!(row(db, 1).await.name, "m1");
 }
@@ -1164,7 +1189,14 @@ pub async fn fast_path_is_one_query_without_lock(db: &TestStore) {
         .migration(def(1), async_logs(&order, 1))
         .build()
         .unwrap();
-    assert!(from_other.run(()).await.unwrap().into_report().was_settled());
+    assert!(
+        from_other
+            .run(())
+            .await
+            .unwrap()
+            .into_report()
+            .was_settled()
+    );
     assert_eq!(other.calls(), ["is_settled"]);
 
     // A new migration: not settled, so it runs under the lock.
@@ -1263,7 +1295,10 @@ pub async fn observer_hears_every_step(db: &TestStore) {
 pub async fn waits_for_the_lock_then_skips_what_another_instance_did(db: &TestStore) {
     let other = db.reopen().await;
     other.prepare().await.unwrap();
-    let guard = other.lock(&run_lock(Duration::from_secs(10))).await.unwrap();
+    let guard = other
+        .lock(&run_lock(Duration::from_secs(10)))
+        .await
+        .unwrap();
     let (waiting_tx, mut waiting_rx) = tokio::sync::mpsc::unbounded_channel();
     let order = log();
     let runner = Runner::<(), Store>::builder(Arc::clone(&db.store))
@@ -1299,7 +1334,10 @@ pub async fn waits_for_the_lock_then_skips_what_another_instance_did(db: &TestSt
 pub async fn lock_wait_times_out_without_running_anything(db: &TestStore) {
     let other = db.reopen().await;
     other.prepare().await.unwrap();
-    let _guard = other.lock(&run_lock(Duration::from_secs(10))).await.unwrap();
+    let _guard = other
+        .lock(&run_lock(Duration::from_secs(10)))
+        .await
+        .unwrap();
     let order = log();
     let runner = Runner::<(), Store>::builder(Arc::clone(&db.store))
         .lock_wait(Duration::from_millis(300))
@@ -1390,13 +1428,19 @@ pub async fn build_errors_touch_nothing(db: &TestStore) {
         )
         .build()
         .unwrap_err();
-    assert!(matches!(err, Error::Conflict { id, .. } if id.get() == 1), "{err:?}");
+    assert!(
+        matches!(err, Error::Conflict { id, .. } if id.get() == 1),
+        "{err:?}"
+    );
     let err = Runner::<(), Store>::builder(counting.store())
         .migration(def(2), async_logs(&order, 2))
         .migration(def(2), blocking_logs(&order, 2))
         .build()
         .unwrap_err();
-    assert!(matches!(err, Error::Conflict { id, .. } if id.get() == 2), "{err:?}");
+    assert!(
+        matches!(err, Error::Conflict { id, .. } if id.get() == 2),
+        "{err:?}"
+    );
     assert!(counting.calls().is_empty(), "{:?}", counting.calls());
 }
 

@@ -1,12 +1,25 @@
-//! Fresh SQLite databases for tests, and the helper process they can spawn.
+//! Fresh SQLite databases for tests, the helper process they can spawn, and
+//! the store as the atomic conformance suite drives it ([`AtomicSqlite`],
+//! [`fresh_atomic_db`]).
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tempfile::TempDir;
-use waymark_core::MigrationStore;
-use waymark_core::testkit::TestStore;
+use waymark_core::run::new_context;
+use waymark_core::store::{
+    AtomicError, AtomicFn, AtomicStore, BatchFn, LockGuard, LockInfo, LockRequest, PreparePlan,
+    RowChange,
+};
+use waymark_core::testkit::{AtomicDb, AtomicFixture, BatchPlan, TestStore};
+use waymark_core::{
+    BatchStep, BoxError, CancellationToken, Error, Migration, MigrationContext, MigrationDef,
+    MigrationId, MigrationStore, async_trait,
+};
 use waymark_sqlite::SqliteStore;
+use waymark_sqlite::rusqlite::{self, Transaction};
 
 /// The database file's name inside a fresh directory.
 pub const DB_FILE: &str = "waymark.db";
@@ -69,6 +82,66 @@ pub fn raw(path: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(path).expect("open the SQLite file directly")
 }
 
+/// The journal mode of the database at `path` (`"wal"`, `"delete"`), read
+/// through a connection of its own.
+pub fn journal_mode(path: &Path) -> String {
+    raw(path)
+        .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+        .expect("read the journal mode")
+}
+
+/// An atomic handler's body for a [`SqliteStore`], from a closure over its
+/// transaction, as `Handler::atomic` takes it: for tests that call
+/// [`AtomicStore::execute_atomic`] themselves.
+pub fn atomic_fn<S, F>(f: F) -> AtomicFn<S, SqliteStore>
+where
+    F: for<'t> Fn(&'t Transaction<'t>, &'t MigrationContext<S>) -> Result<(), BoxError>
+        + Send
+        + Sync
+        + 'static,
+{
+    Arc::new(f)
+}
+
+/// A batched atomic handler's body for a [`SqliteStore`], as
+/// `Handler::batched` takes it.
+pub fn batch_fn<S, F>(f: F) -> BatchFn<S, SqliteStore>
+where
+    F: for<'t> Fn(
+            &'t Transaction<'t>,
+            Option<&'t str>,
+            &'t MigrationContext<S>,
+        ) -> Result<BatchStep, BoxError>
+        + Send
+        + Sync
+        + 'static,
+{
+    Arc::new(f)
+}
+
+/// The context the runner gives an atomic handler of migration `row`
+/// (state `()`, no progress, `cancel` as its cancellation).
+pub fn context_with(
+    store: &SqliteStore,
+    row: Migration,
+    cancel: CancellationToken,
+) -> Arc<MigrationContext<()>> {
+    let shared: Arc<dyn MigrationStore> = Arc::new(store.clone());
+    Arc::new(new_context(Arc::new(()), row, shared, None, cancel))
+}
+
+/// [`context_with`] a cancellation that never fires.
+pub fn context(store: &SqliteStore, row: Migration) -> Arc<MigrationContext<()>> {
+    context_with(store, row, CancellationToken::new())
+}
+
+/// The context for the tracked migration `id`, read from the store.
+pub async fn context_of(store: &SqliteStore, id: i64) -> Arc<MigrationContext<()>> {
+    let id = MigrationId::new(id).expect("positive id");
+    let row = store.get(id).await.expect("the migration is tracked");
+    context(store, row)
+}
+
 /// A child process (the `sqlite_helper` binary) whose stdout lines can be
 /// waited for; killed with SIGKILL when dropped, so a failing test leaves
 /// nothing running.
@@ -107,10 +180,15 @@ impl Helper {
         Self { child, lines }
     }
 
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for a line equal to `expected`, returning the lines before it.
     /// Panics if the child closes its output or `limit` passes first: a
     /// guard against hanging, not a measurement.
-    pub fn wait_for(&mut self, expected: &str, limit: std::time::Duration) -> Vec<String> {
+    pub fn wait_for(&mut self, expected: &str, limit: Duration) -> Vec<String> {
         let deadline = std::time::Instant::now() + limit;
         let mut before = Vec::new();
         loop {
@@ -127,7 +205,7 @@ impl Helper {
     }
 
     /// Every line the child prints until it exits, and whether it succeeded.
-    pub fn finish(mut self, limit: std::time::Duration) -> (Vec<String>, bool) {
+    pub fn finish(mut self, limit: Duration) -> (Vec<String>, bool) {
         let deadline = std::time::Instant::now() + limit;
         let mut lines = Vec::new();
         loop {
@@ -157,72 +235,266 @@ impl Drop for Helper {
     }
 }
 
-/// What running one handler the way the runner does produced.
-#[derive(Debug)]
-pub struct Outcome {
-    /// The handler's result; a panic is `Err` with `panicked` set.
-    pub result: Result<(), waymark_core::BoxError>,
-    /// Whether the handler panicked.
-    pub panicked: bool,
-    /// Whether the handler recorded its own success.
-    pub recorded: bool,
-    /// Every `(done, total)` progress report, in order.
-    pub progress: Vec<(u64, Option<u64>)>,
+/// The store as the atomic conformance suite drives it: a [`SqliteStore`]
+/// on a database file under another name, because the suite's
+/// [`AtomicFixture`] (core's) can only be implemented for a type of this
+/// crate. Every call goes to the store itself, its faster overrides
+/// included; the fixture's checks go through connections of their own to
+/// the same file.
+#[derive(Debug, Clone)]
+pub struct AtomicSqlite(pub SqliteStore);
+
+/// A fresh database file for one test of the atomic suite.
+pub async fn fresh_atomic_db() -> AtomicDb<AtomicSqlite> {
+    let (store, dir) = fresh_store().await;
+    AtomicDb::new(AtomicSqlite(store), dir)
 }
 
-/// Runs `handler` for the tracked migration `id` as the runner does: builds
-/// the context from the stored row (with its checkpoint), runs a blocking
-/// handler on a blocking thread, and collects the outcome. Records nothing
-/// itself, so tests see exactly what the handler committed.
-pub async fn run_handler<S: Send + Sync + 'static>(
-    store: &SqliteStore,
-    state: S,
-    id: i64,
-    handler: waymark_core::Handler<S>,
-    cancellation: Option<waymark_core::Cancellation>,
-) -> Outcome {
-    let id = waymark_core::MigrationId::new(id).expect("positive id");
-    let row = store.get(id).await.expect("the migration is tracked");
-    run_handler_on_row(store, state, row, handler, cancellation).await
+/// A fresh in-memory database for one test of the atomic suite.
+pub async fn fresh_memory_atomic_db() -> AtomicDb<AtomicSqlite> {
+    let store = SqliteStore::open_in_memory()
+        .await
+        .expect("opening an in-memory database");
+    AtomicDb::new(AtomicSqlite(store), ())
 }
 
-/// [`run_handler`] with a given row, which need not be tracked.
-pub async fn run_handler_on_row<S: Send + Sync + 'static>(
-    store: &SqliteStore,
-    state: S,
-    row: waymark_core::Migration,
-    handler: waymark_core::Handler<S>,
-    cancellation: Option<waymark_core::Cancellation>,
-) -> Outcome {
-    let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = Arc::clone(&reports);
-    let mut ctx = waymark_core::MigrationContext::new(
-        Arc::new(state),
-        row,
-        Arc::new(store.clone()) as Arc<dyn MigrationStore>,
-    )
-    .with_progress(Arc::new(move |done, total| {
-        sink.lock().unwrap().push((done, total))
-    }));
-    if let Some(cancellation) = cancellation {
-        ctx = ctx.with_cancellation(cancellation);
+#[async_trait]
+impl MigrationStore for AtomicSqlite {
+    async fn prepare(&self) -> Result<(), Error> {
+        self.0.prepare().await
     }
-    let flag = ctx.completion_flag();
-    let (result, panicked) = match handler {
-        waymark_core::Handler::Blocking(handler) => {
-            match tokio::task::spawn_blocking(move || handler.run(ctx)).await {
-                Ok(result) => (result, false),
-                Err(join) if join.is_panic() => (Err("the handler panicked".into()), true),
-                Err(join) => panic!("the handler's task failed: {join}"),
+    async fn register(&self, defs: &[MigrationDef]) -> Result<(), Error> {
+        self.0.register(defs).await
+    }
+    async fn list(&self) -> Result<Vec<Migration>, Error> {
+        self.0.list().await
+    }
+    async fn update(&self, id: MigrationId, change: RowChange<'_>) -> Result<(), Error> {
+        self.0.update(id, change).await
+    }
+    async fn lock(&self, request: &LockRequest) -> Result<LockGuard, Error> {
+        self.0.lock(request).await
+    }
+    async fn lock_or_wait(&self, request: &LockRequest) -> Result<Option<LockGuard>, Error> {
+        self.0.lock_or_wait(request).await
+    }
+    async fn plan_prepare(&self) -> Result<PreparePlan, Error> {
+        self.0.plan_prepare().await
+    }
+    async fn locks(&self) -> Result<Vec<LockInfo>, Error> {
+        self.0.locks().await
+    }
+    async fn pending(&self) -> Result<Vec<Migration>, Error> {
+        self.0.pending().await
+    }
+    async fn get(&self, id: MigrationId) -> Result<Migration, Error> {
+        self.0.get(id).await
+    }
+    async fn is_settled(&self, fingerprint: &str) -> Result<bool, Error> {
+        self.0.is_settled(fingerprint).await
+    }
+    async fn mark_executed(&self, id: MigrationId) -> Result<(), Error> {
+        self.0.mark_executed(id).await
+    }
+    async fn mark_pending(&self, id: MigrationId) -> Result<(), Error> {
+        self.0.mark_pending(id).await
+    }
+    async fn record_success(&self, id: MigrationId) -> Result<(), Error> {
+        self.0.record_success(id).await
+    }
+    async fn record_failure(&self, id: MigrationId, error: &str) -> Result<(), Error> {
+        self.0.record_failure(id, error).await
+    }
+    async fn save_checkpoint(&self, id: MigrationId, checkpoint: &str) -> Result<(), Error> {
+        self.0.save_checkpoint(id, checkpoint).await
+    }
+}
+
+impl AtomicStore for AtomicSqlite {
+    type Tx<'t> = <SqliteStore as AtomicStore>::Tx<'t>;
+    type Output<'t, R: Send + 't> = <SqliteStore as AtomicStore>::Output<'t, R>;
+
+    fn map_output<'t, A: Send + 't, B: Send + 't>(
+        out: Self::Output<'t, A>,
+        f: impl FnOnce(A) -> B + Send + 't,
+    ) -> Self::Output<'t, B> {
+        SqliteStore::map_output(out, f)
+    }
+
+    fn execute_atomic<S: Send + Sync + 'static>(
+        &self,
+        work: AtomicFn<S, Self>,
+        ctx: Arc<MigrationContext<S>>,
+    ) -> impl Future<Output = Result<(), AtomicError>> + Send + 'static {
+        self.0.execute_atomic(work, ctx)
+    }
+
+    fn execute_batch<S: Send + Sync + 'static>(
+        &self,
+        work: BatchFn<S, Self>,
+        ctx: Arc<MigrationContext<S>>,
+        from: Option<String>,
+    ) -> impl Future<Output = Result<BatchStep, AtomicError>> + Send + 'static {
+        self.0.execute_batch(work, ctx, from)
+    }
+}
+
+/// The suite's data table, created by the first body that writes to it.
+const CREATE_DATA: &str = "CREATE TABLE IF NOT EXISTS waymark_suite_data (v INTEGER NOT NULL)";
+
+/// A statement that never ends by itself: counting up without a limit.
+pub const ENDLESS_QUERY: &str =
+    "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c";
+
+/// An atomic body from a closure over the transaction (pins down its
+/// higher-ranked signature).
+fn atomic_body<S, F>(f: F) -> AtomicFn<S, AtomicSqlite>
+where
+    F: for<'t> Fn(&'t Transaction<'t>, &'t MigrationContext<S>) -> Result<(), BoxError>
+        + Send
+        + Sync
+        + 'static,
+{
+    Arc::new(f)
+}
+
+fn batch_body<F>(f: F) -> BatchFn<BatchPlan, AtomicSqlite>
+where
+    F: for<'t> Fn(
+            &'t Transaction<'t>,
+            Option<&'t str>,
+            &'t MigrationContext<BatchPlan>,
+        ) -> Result<BatchStep, BoxError>
+        + Send
+        + Sync
+        + 'static,
+{
+    Arc::new(f)
+}
+
+impl AtomicFixture for AtomicSqlite {
+    fn insert<S: Send + Sync + 'static>(value: i64) -> AtomicFn<S, Self> {
+        atomic_body(move |tx, _ctx| {
+            tx.execute_batch(CREATE_DATA)?;
+            tx.execute("INSERT INTO waymark_suite_data (v) VALUES (?1)", [value])?;
+            Ok(())
+        })
+    }
+
+    fn batch() -> BatchFn<BatchPlan, Self> {
+        batch_body(|tx, from, ctx| {
+            let plan = *ctx.state();
+            let after: i64 = from.map(str::parse).transpose()?.unwrap_or(0);
+            let last = (after + plan.per_batch).min(plan.last);
+            tx.execute_batch(CREATE_DATA)?;
+            let mut insert = tx.prepare("INSERT INTO waymark_suite_data (v) VALUES (?1)")?;
+            for value in after + 1..=last {
+                insert.execute([value])?;
+            }
+            let processed = u64::try_from(last - after).unwrap_or(0);
+            Ok(if last >= plan.last {
+                BatchStep::done(processed)
+            } else if plan.stall {
+                BatchStep::next(from.unwrap_or("0"), processed)
+            } else {
+                BatchStep::next(last.to_string(), processed)
+            })
+        })
+    }
+
+    fn endless<S: Send + Sync + 'static>() -> AtomicFn<S, Self> {
+        atomic_body(|tx, _ctx| {
+            tx.execute_batch(CREATE_DATA)?;
+            tx.execute("INSERT INTO waymark_suite_data (v) VALUES (1)", [])?;
+            let _never: i64 = tx.query_row(ENDLESS_QUERY, [], |row| row.get(0))?;
+            Ok(())
+        })
+    }
+
+    /// Read through a connection of its own to the same file; for an
+    /// in-memory database, through the store's own connection.
+    fn values(&self) -> impl Future<Output = Vec<i64>> + Send {
+        let store = self.0.clone();
+        async move {
+            match store.path().map(Path::to_path_buf) {
+                Some(path) => tokio::task::spawn_blocking(move || read_values(&raw(&path)))
+                    .await
+                    .expect("the reading thread"),
+                None => store
+                    .interact(|conn| Ok(read_values(conn)))
+                    .await
+                    .expect("reading through the store's connection"),
             }
         }
-        waymark_core::Handler::Async(handler) => (handler.run(ctx).await, false),
-    };
-    let progress = reports.lock().unwrap().clone();
-    Outcome {
-        result,
-        panicked,
-        recorded: flag.is_set(),
-        progress,
+    }
+
+    /// SQLite runs statements in the process that issued them, so what
+    /// could still be running or locked is a transaction holding the
+    /// database's write lock: busy when another connection cannot take it
+    /// at once (`BEGIN IMMEDIATE` with no busy timeout). An in-memory
+    /// database has only the store's connection: busy while a transaction
+    /// still holds it.
+    fn busy(&self) -> impl Future<Output = bool> + Send {
+        let store = self.0.clone();
+        async move {
+            match store.path().map(Path::to_path_buf) {
+                Some(path) => tokio::task::spawn_blocking(move || write_lock_is_held(&path))
+                    .await
+                    .expect("the checking thread"),
+                None => tokio::time::timeout(
+                    Duration::from_millis(200),
+                    store.interact(|conn| Ok(conn.is_autocommit())),
+                )
+                .await
+                .map_or(true, |free| !free.expect("asking the store's connection")),
+            }
+        }
+    }
+}
+
+/// The suite's data table, sorted; empty when it does not exist.
+fn read_values(conn: &rusqlite::Connection) -> Vec<i64> {
+    let exists: bool = conn
+        .query_row(
+            "SELECT count(*) > 0 FROM sqlite_schema \
+             WHERE type = 'table' AND name = 'waymark_suite_data'",
+            [],
+            |row| row.get(0),
+        )
+        .expect("looking for the data table");
+    if !exists {
+        return Vec::new();
+    }
+    let mut stmt = conn
+        .prepare("SELECT v FROM waymark_suite_data ORDER BY v")
+        .expect("reading the data table");
+    stmt.query_map([], |row| row.get(0))
+        .expect("reading the data table")
+        .map(|value| value.expect("reading a value"))
+        .collect()
+}
+
+/// Whether another connection holds the write lock of the database at
+/// `path`: a `BEGIN IMMEDIATE` of a connection of its own, without waiting,
+/// fails.
+pub fn write_lock_is_held(path: &Path) -> bool {
+    let conn = raw(path);
+    conn.busy_timeout(Duration::ZERO)
+        .expect("turning the busy timeout off");
+    match conn.execute_batch("BEGIN IMMEDIATE") {
+        Ok(()) => {
+            conn.execute_batch("ROLLBACK")
+                .expect("rolling the check back");
+            false
+        }
+        Err(err)
+            if matches!(
+                err.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ) =>
+        {
+            true
+        }
+        Err(err) => panic!("checking the write lock of {}: {err}", path.display()),
     }
 }

@@ -4,9 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use waymark_core::{MigrationDef, MigrationId, MigrationStore};
+use waymark_core::{Error, MigrationDef, MigrationId, MigrationStore};
 use waymark_sqlite::{SqliteConfig, SqliteStore};
-use waymark_tests::sqlite::{Helper, db_path, fresh_store, raw};
+use waymark_tests::sqlite::{Helper, db_path, fresh_store, journal_mode, raw};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_sqlite_helper");
 
@@ -45,7 +45,27 @@ async fn the_original_four_column_table_is_adopted_with_every_row_intact() {
     let conn = raw(&db_path(&dir));
     conn.execute_batch(ORIGINAL).unwrap();
 
+    // Until it is prepared, reads say the table is not initialised and
+    // leave it as it is.
+    for result in [store.list().await, store.pending().await] {
+        assert!(
+            matches!(result, Err(Error::NotInitialised { .. })),
+            "{result:?}"
+        );
+    }
+    assert!(!store.is_settled("anything").await.unwrap());
+    assert_eq!(
+        columns(&conn, "migrations"),
+        ["id", "name", "description", "executed"]
+    );
+    assert_eq!(journal_mode(&db_path(&dir)), "delete");
+
     store.prepare().await.unwrap();
+    assert_eq!(
+        journal_mode(&db_path(&dir)),
+        "delete",
+        "the application's database keeps its journal mode"
+    );
 
     assert_eq!(
         columns(&conn, "migrations"),

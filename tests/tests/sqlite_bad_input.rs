@@ -4,6 +4,7 @@ use std::error::Error as _;
 use std::path::Path;
 use std::time::Duration;
 
+use waymark_core::store::{LockRequest, LockScope};
 use waymark_core::{Error, MigrationDef, MigrationId, MigrationStore};
 use waymark_sqlite::{IncompatibleTable, SqliteConfig, SqliteStore};
 use waymark_tests::sqlite::{db_path, fresh_store, raw};
@@ -26,6 +27,14 @@ fn store_error<T: std::fmt::Debug>(result: Result<T, Error>) -> String {
     match result {
         Err(err @ Error::Store { .. }) => waymark_core::error_chain(&err),
         other => panic!("expected Error::Store, got {other:?}"),
+    }
+}
+
+/// The whole message of an expected [`Error::Busy`], sources included.
+fn busy_error<T: std::fmt::Debug>(result: Result<T, Error>) -> String {
+    match result {
+        Err(err @ Error::Busy { .. }) => waymark_core::error_chain(&err),
+        other => panic!("expected Error::Busy, got {other:?}"),
     }
 }
 
@@ -274,8 +283,9 @@ async fn an_incompatible_table_is_refused_naming_the_column_and_left_alone() {
 }
 
 /// Another connection holds the write lock longer than the busy timeout:
-/// writes fail with an error saying so, reads still work (WAL), and once
-/// the lock is gone writes go through.
+/// writes fail with [`Error::Busy`] saying so (nothing changed, the call
+/// may succeed later), reads still work (WAL), and once the lock is gone
+/// writes go through.
 #[tokio::test]
 async fn a_database_locked_beyond_the_busy_timeout_fails_clearly() {
     let (store, dir) = fresh_store().await;
@@ -302,18 +312,23 @@ async fn a_database_locked_beyond_the_busy_timeout_fails_clearly() {
             .unwrap(),
     ];
     for result in attempts {
-        let message = store_error(result);
-        assert!(message.contains("busy timeout (200ms)"), "{message}");
+        let message = busy_error(result);
+        assert!(message.contains("busy timeout"), "{message}");
+        assert!(message.contains("200ms"), "{message}");
         assert!(message.contains("database is locked"), "{message}");
         assert!(message.contains(&path.display().to_string()), "{message}");
     }
     assert_eq!(store.pending().await.unwrap().len(), 1, "reads still work");
     other.execute_batch("ROLLBACK").unwrap();
     store.record_success(id(1)).await.unwrap();
+    let rows = store.list().await.unwrap();
+    assert_eq!(rows.len(), 1, "the busy register wrote nothing");
+    assert!(rows[0].executed && rows[0].checkpoint.is_none(), "{rows:?}");
 }
 
 /// A database in rollback-journal mode held under an exclusive lock: even
-/// opening it (which reads the header) fails after the busy timeout.
+/// opening it (which reads the header) fails after the busy timeout, with
+/// [`Error::Busy`].
 #[tokio::test]
 async fn opening_an_exclusively_locked_database_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
@@ -326,7 +341,7 @@ async fn opening_an_exclusively_locked_database_fails_clearly() {
     let result = tokio::time::timeout(NO_HANG, SqliteStore::open_with(config))
         .await
         .unwrap();
-    let message = store_error(result);
+    let message = busy_error(result);
     assert!(message.contains("busy timeout"), "{message}");
     assert!(message.contains(&path.display().to_string()), "{message}");
     other.execute_batch("COMMIT").unwrap();
@@ -373,28 +388,52 @@ async fn a_busy_timeout_sqlite_cannot_take_is_invalid() {
     );
 }
 
-/// Using the store before `prepare` says what to do.
+/// Reads before `prepare` say the table is not initialised, naming the
+/// table and the file, without SQL in the message, and create nothing.
 #[tokio::test]
-async fn calls_before_prepare_say_to_prepare() {
-    let (store, _dir) = fresh_store().await;
-    let message = store_error(store.list().await);
-    assert!(message.contains("call prepare() first"), "{message}");
+async fn reads_before_prepare_name_the_table_and_the_file() {
+    let (store, dir) = fresh_store().await;
+    let path = db_path(&dir);
+    match store.list().await {
+        Err(Error::NotInitialised { table }) => {
+            assert!(table.contains("migrations"), "{table}");
+            assert!(table.contains(&path.display().to_string()), "{table}");
+        }
+        other => panic!("expected NotInitialised, got {other:?}"),
+    }
+    let message = store.pending().await.unwrap_err().to_string();
+    assert!(message.contains("not initialised"), "{message}");
+    assert!(!message.contains("no such table"), "{message}");
     assert!(!store.is_settled("anything").await.unwrap());
+    let objects: i64 = raw(&path)
+        .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(objects, 0, "reads created nothing");
 }
 
-/// The lock's sidecar file cannot be created (a directory is in its place):
-/// an error naming it, not a hang or a lock that was never taken.
+/// A lock's sidecar file cannot be created (a directory is in its place):
+/// an error naming it, not a hang or a lock that was never taken. Each
+/// scope has its own file.
 #[tokio::test]
 async fn an_unusable_lock_file_is_a_store_error_naming_it() {
-    let (store, dir) = fresh_store().await;
-    let sidecar = dir.path().join(format!(
-        "{}-migrations.lock",
-        waymark_tests::sqlite::DB_FILE
-    ));
-    std::fs::create_dir(&sidecar).unwrap();
-    let message = store_error(store.lock(Duration::from_secs(1)).await);
-    assert!(
-        message.contains(&sidecar.display().to_string()),
-        "{message}"
-    );
+    for (scope, suffix) in [
+        (LockScope::Run, "migrations.lock"),
+        (LockScope::Background, "migrations-background.lock"),
+    ] {
+        let (store, dir) = fresh_store().await;
+        let sidecar = dir
+            .path()
+            .join(format!("{}-{suffix}", waymark_tests::sqlite::DB_FILE));
+        std::fs::create_dir(&sidecar).unwrap();
+        let request = LockRequest::new(scope, Duration::from_secs(1));
+        let message = store_error(
+            tokio::time::timeout(NO_HANG, store.lock(&request))
+                .await
+                .unwrap(),
+        );
+        assert!(
+            message.contains(&sidecar.display().to_string()),
+            "{scope}: {message}"
+        );
+    }
 }

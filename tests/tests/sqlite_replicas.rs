@@ -4,15 +4,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use waymark_core::{BoxError, Handler, MigrationContext, MigrationDef, MigrationStore};
-use waymark_runner::{Runner, Status};
+use waymark_core::{BoxError, MigrationContext, MigrationDef, MigrationStore};
+use waymark_runner::{Handler, Runner, Status};
+use waymark_sqlite::rusqlite::Transaction;
 use waymark_sqlite::{SqliteConfig, SqliteStore};
 
 fn def(id: i64) -> MigrationDef {
     MigrationDef::new(id, format!("m{id}"), "").unwrap()
 }
 
-fn noop() -> Handler<()> {
+fn noop() -> Handler<(), SqliteStore> {
     Handler::blocking_fn(|_ctx: MigrationContext<()>| Ok::<(), BoxError>(()))
 }
 
@@ -31,18 +32,20 @@ async fn a_replica_with_a_new_migration_waits_out_a_long_atomic_one() {
 
     let started = Arc::new(Notify::new());
     let signal = Arc::clone(&started);
-    let long = first.atomic(move |tx, _ctx: &MigrationContext<()>| {
-        tx.execute_batch("CREATE TABLE laps (path TEXT)")?;
-        signal.notify_one();
-        // Far past the other replica's busy timeout, holding the write lock.
-        std::thread::sleep(Duration::from_millis(800));
-        Ok::<(), BoxError>(())
-    });
-    let old_release = Runner::builder(first.clone())
-        .migration(def(1), long)
+    let old_release = Runner::<(), SqliteStore>::builder(first.clone())
+        .atomic(
+            def(1),
+            move |tx: &Transaction<'_>, _ctx: &MigrationContext<()>| {
+                tx.execute_batch("CREATE TABLE laps (path TEXT)")?;
+                signal.notify_one();
+                // Far past the other replica's busy timeout, holding the write lock.
+                std::thread::sleep(Duration::from_millis(800));
+                Ok::<(), BoxError>(())
+            },
+        )
         .build()
         .unwrap();
-    let running = tokio::spawn(async move { old_release.run(()).await });
+    let running = tokio::spawn(async move { old_release.run(()).await?.finish().await });
     started.notified().await;
 
     let new_release = Runner::builder(second.clone())
@@ -53,7 +56,10 @@ async fn a_replica_with_a_new_migration_waits_out_a_long_atomic_one() {
     let report = tokio::time::timeout(Duration::from_secs(60), new_release.run(()))
         .await
         .expect("a hang guard, not a measurement")
-        .expect("the new replica waits instead of failing");
+        .expect("the new replica waits instead of failing")
+        .finish()
+        .await
+        .unwrap();
     running.await.unwrap().expect("the old replica's run");
 
     assert!(

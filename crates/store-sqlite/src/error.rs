@@ -61,8 +61,13 @@ pub(crate) fn is_busy(err: &rusqlite::Error) -> bool {
 /// Whether `err` says the tracking table (or one of its columns) is missing:
 /// a database waymark has not prepared. SQLite has no code of its own for it.
 pub(crate) fn is_unprepared(err: &rusqlite::Error) -> bool {
-    matches!(err, rusqlite::Error::SqliteFailure(_, Some(message))
-        if message.starts_with("no such table") || message.starts_with("no such column"))
+    let message = match err {
+        rusqlite::Error::SqliteFailure(_, Some(message)) => message,
+        // What rusqlite returns for an error found while preparing.
+        rusqlite::Error::SqlInputError { msg, .. } => msg,
+        _ => return false,
+    };
+    message.starts_with("no such table") || message.starts_with("no such column")
 }
 
 /// Whether `err` is the interrupt sent when a run was cancelled.

@@ -194,6 +194,51 @@ impl SqliteStore {
         .map_err(|join| Error::store("closing a SQLite database", join))?
     }
 
+    /// Runs `f` on the store's connection, on a blocking thread, once any
+    /// call in progress is done: the application's own statements on the
+    /// same database without a second connection, and the only way to reach
+    /// the tables of an in-memory database.
+    ///
+    /// Keep it short: every store call waits for it. `f` may open a
+    /// transaction (`conn.transaction()`) but must end it: one left open is
+    /// rolled back and reported as [`Error::Invalid`]. A call to this store
+    /// from inside `f` fails at once instead of deadlocking.
+    ///
+    /// ```
+    /// use waymark_sqlite::SqliteStore;
+    ///
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+    /// let store = SqliteStore::open_in_memory().await?;
+    /// let answer: i64 = store.interact(|conn| conn.query_row("SELECT 6 * 7", [], |row| row.get(0))).await?;
+    /// assert_eq!(answer, 42);
+    /// # Ok::<(), waymark_core::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn interact<T, F>(&self, f: F) -> Result<T, Error>
+    where
+        F: FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let key = self.key();
+        self.call(move |conn, target| {
+            let held = reentry::Held::enter(key);
+            let out = f(conn);
+            drop(held);
+            if !conn.is_autocommit() {
+                let rollback = conn.execute_batch("ROLLBACK");
+                if let Err(err) = rollback {
+                    tracing::error!(error = %err, "rolling back a transaction left open failed");
+                }
+                return Err(Error::invalid(
+                    "interact",
+                    "the closure left a transaction open; it was rolled back",
+                ));
+            }
+            out.map_err(target.site.err("running the application's statements"))
+        })
+        .await
+    }
+
     /// This store's identity for the re-entrance check.
     pub(crate) fn key(&self) -> usize {
         Arc::as_ptr(&self.inner) as usize

@@ -1,10 +1,10 @@
-//! A second process for the SQLite tests: holds the run lock, races
-//! `prepare`, or runs a batched atomic migration that a test can kill.
+//! A second process for the SQLite tests: holds a lock, races `prepare`, or
+//! runs a batched atomic migration that a test can kill.
 //!
 //! Usage:
 //!
 //! ```text
-//! sqlite_helper hold-lock <db>
+//! sqlite_helper hold-lock <db> [run|background]
 //! sqlite_helper prepare <db> <go-file>
 //! sqlite_helper batched <db> [stop-inside-batch]
 //! ```
@@ -13,14 +13,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use waymark_core::{
-    BatchStep, BoxError, Handler, MigrationContext, MigrationDef, MigrationId, MigrationStore,
-};
+use waymark_core::store::{LockRequest, LockScope};
+use waymark_core::{BatchStep, BoxError, MigrationContext, MigrationDef, MigrationStore};
+use waymark_runner::{RunEvent, Runner, Status};
 use waymark_sqlite::SqliteStore;
-use waymark_sqlite::rusqlite::params;
+use waymark_sqlite::rusqlite::{Transaction, params};
 
 /// Items each batch of the `batched` migration processes.
 const BATCH: i64 = 10;
@@ -32,7 +31,9 @@ const LIFETIME: Duration = Duration::from_secs(60);
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        ["hold-lock", db] => hold_lock(Path::new(db)).await,
+        ["hold-lock", db] => hold_lock(Path::new(db), LockScope::Run).await,
+        ["hold-lock", db, "run"] => hold_lock(Path::new(db), LockScope::Run).await,
+        ["hold-lock", db, "background"] => hold_lock(Path::new(db), LockScope::Background).await,
         ["prepare", db, go] => prepare(Path::new(db), Path::new(go)).await,
         ["batched", db] => batched(PathBuf::from(db), None).await,
         ["batched", db, stop] => match stop.parse() {
@@ -50,9 +51,13 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn hold_lock(db: &Path) -> Result<(), BoxError> {
+/// Takes the `scope` lock (recording this process as its holder) and keeps
+/// it until killed.
+async fn hold_lock(db: &Path, scope: LockScope) -> Result<(), BoxError> {
     let store = SqliteStore::open(db).await?;
-    let _guard = store.lock(Duration::from_secs(10)).await?;
+    let _guard = store
+        .lock(&LockRequest::new(scope, Duration::from_secs(10)))
+        .await?;
     println!("locked");
     tokio::time::sleep(LIFETIME).await;
     Ok(())
@@ -82,83 +87,80 @@ fn shared_defs() -> Result<Vec<MigrationDef>, waymark_core::Error> {
         .collect()
 }
 
-/// Runs migration 1 ("apply_items") the way the runner does: lock, read the
-/// row, run the handler on a blocking thread, record the outcome. Each
-/// batch copies the next `BATCH` ids from `items` into `applied`, half at a
-/// time, pausing between the halves; each batch announces itself between
-/// its halves, and with `stop`, batch number `stop` then sleeps until the
-/// test kills the process.
+/// Runs migration 1 ("apply_items") through the runner, as an application
+/// would. Each batch copies the next `BATCH` ids from `items` into
+/// `applied`, half at a time, pausing between the halves; each batch
+/// announces itself between its halves ("inside N"), and with `stop`,
+/// batch number `stop` then sleeps until the test kills the process. After
+/// each commit the runner's progress says how many items this run has
+/// committed ("committed N").
 async fn batched(db: PathBuf, stop: Option<i64>) -> Result<(), BoxError> {
     let store = SqliteStore::open(&db).await?;
-    store.prepare().await?;
-    store
-        .register(&[MigrationDef::new(
-            1,
-            "apply_items",
-            "copy items to applied",
-        )?])
-        .await?;
-    let _guard = store.lock(Duration::from_secs(10)).await?;
-    let row = store.get(MigrationId::new(1)?).await?;
-    if row.executed {
-        println!("already executed");
-        return Ok(());
-    }
-    let handler: Handler<()> = store.batched(move |tx, from, _ctx: &MigrationContext<()>| {
-        let after: i64 = from.map_or(Ok(0), str::parse)?;
-        let batch = after / BATCH + 1;
-        let half = |after: i64| {
-            tx.execute(
-                "INSERT INTO applied (item_id, batch) \
-                 SELECT id, ?2 FROM items WHERE id > ?1 ORDER BY id LIMIT ?3",
-                params![after, batch, BATCH / 2],
-            )
-        };
-        let first = half(after)?;
-        println!("inside {batch}");
-        if stop == Some(batch) {
-            std::thread::sleep(LIFETIME);
-            return Err("the test did not kill the helper".into());
-        }
-        // Most of a batch's time is spent inside its transaction, so a kill
-        // at an arbitrary moment most likely lands in the middle of one.
-        std::thread::sleep(Duration::from_millis(20));
-        let last_of_first: i64 = tx.query_row(
-            "SELECT coalesce(max(item_id), ?1) FROM applied WHERE batch = ?2",
-            params![after, batch],
-            |row| row.get(0),
-        )?;
-        let second = half(last_of_first)?;
-        let processed = (first + second) as u64;
-        let last: i64 = tx.query_row(
-            "SELECT coalesce(max(item_id), ?1) FROM applied WHERE batch = ?2",
-            params![after, batch],
-            |row| row.get(0),
-        )?;
-        Ok(if processed < BATCH as u64 {
-            BatchStep::done(processed)
-        } else {
-            BatchStep::next(last.to_string(), processed)
-        })
-    });
-    let ctx = MigrationContext::new(Arc::new(()), row, Arc::new(store.clone()))
-        .with_progress(Arc::new(|done, _| println!("committed {done}")));
-    let recorded = ctx.completion_flag();
-    let Handler::Blocking(handler) = handler else {
-        return Err("an atomic handler must be blocking".into());
-    };
-    match tokio::task::spawn_blocking(move || handler.run(ctx)).await? {
-        Ok(()) => {
-            if !recorded.is_set() {
-                store.record_success(MigrationId::new(1)?).await?;
+    let def = MigrationDef::new(1, "apply_items", "copy items to applied")?;
+    let id = def.id();
+    let runner = Runner::<(), SqliteStore>::builder(store)
+        .lock_wait(Duration::from_secs(10))
+        .observer(|event| {
+            if let RunEvent::Progress { progress, .. } = event {
+                println!("committed {}", progress.done);
             }
-            println!("done");
-            Ok(())
-        }
-        Err(err) => {
-            let text = waymark_core::error_chain(&*err);
-            store.record_failure(MigrationId::new(1)?, &text).await?;
-            Err(err)
-        }
+        })
+        .batched(
+            def,
+            move |tx: &Transaction<'_>,
+                  from: Option<&str>,
+                  _ctx: &MigrationContext<()>|
+                  -> Result<BatchStep, BoxError> { apply_batch(tx, from, stop) },
+        )
+        .build()?;
+    let report = runner.run(()).await?.finish().await?;
+    match report.outcome(id).map(|outcome| &outcome.status) {
+        Some(Status::Executed) => println!("done"),
+        None | Some(Status::AlreadyDone) => println!("already executed"),
+        Some(other) => return Err(format!("unexpected outcome {other:?}").into()),
     }
+    Ok(())
+}
+
+/// One batch of `apply_items`, from the checkpoint `from`.
+fn apply_batch(
+    tx: &Transaction<'_>,
+    from: Option<&str>,
+    stop: Option<i64>,
+) -> Result<BatchStep, BoxError> {
+    let after: i64 = from.map_or(Ok(0), str::parse)?;
+    let batch = after / BATCH + 1;
+    let half = |after: i64| {
+        tx.execute(
+            "INSERT INTO applied (item_id, batch) \
+             SELECT id, ?2 FROM items WHERE id > ?1 ORDER BY id LIMIT ?3",
+            params![after, batch, BATCH / 2],
+        )
+    };
+    let first = half(after)?;
+    println!("inside {batch}");
+    if stop == Some(batch) {
+        std::thread::sleep(LIFETIME);
+        return Err("the test did not kill the helper".into());
+    }
+    // Most of a batch's time is spent inside its transaction, so a kill at
+    // an arbitrary moment most likely lands in the middle of one.
+    std::thread::sleep(Duration::from_millis(20));
+    let last_of_first: i64 = tx.query_row(
+        "SELECT coalesce(max(item_id), ?1) FROM applied WHERE batch = ?2",
+        params![after, batch],
+        |row| row.get(0),
+    )?;
+    let second = half(last_of_first)?;
+    let processed = (first + second) as u64;
+    let last: i64 = tx.query_row(
+        "SELECT coalesce(max(item_id), ?1) FROM applied WHERE batch = ?2",
+        params![after, batch],
+        |row| row.get(0),
+    )?;
+    Ok(if processed < BATCH as u64 {
+        BatchStep::done(processed)
+    } else {
+        BatchStep::next(last.to_string(), processed)
+    })
 }

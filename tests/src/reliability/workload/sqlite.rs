@@ -61,24 +61,28 @@ fn handler(id: i64) -> Handler<SqliteApp, SqliteStore> {
         PLAIN => Handler::blocking_fn(|ctx: MigrationContext<SqliteApp>| {
             log_plain(&ctx.state().path, ctx.id().get())
         }),
-        ATOMIC | ATOMIC_LATE => Handler::<SqliteApp, SqliteStore>::atomic(|tx, ctx: &MigrationContext<SqliteApp>| {
-            let id = ctx.id().get();
-            tx.execute("INSERT INTO atomic_log VALUES (?1, 'first')", [id])?;
-            std::thread::sleep(PAUSE);
-            tx.execute("INSERT INTO atomic_log VALUES (?1, 'second')", [id])?;
-            Ok::<(), BoxError>(())
-        }),
-        BATCHED => Handler::<SqliteApp, SqliteStore>::batched(|tx, from, _ctx: &MigrationContext<SqliteApp>| {
-            let (after, last, step) = batch_step(from, BATCH)?;
-            let batch = after / BATCH + 1;
-            for item in after + 1..=last {
-                tx.execute("INSERT INTO batch_items VALUES (?1, ?2)", [item, batch])?;
-                if item == after + 1 {
-                    std::thread::sleep(PAUSE);
+        ATOMIC | ATOMIC_LATE => {
+            Handler::<SqliteApp, SqliteStore>::atomic(|tx, ctx: &MigrationContext<SqliteApp>| {
+                let id = ctx.id().get();
+                tx.execute("INSERT INTO atomic_log VALUES (?1, 'first')", [id])?;
+                std::thread::sleep(PAUSE);
+                tx.execute("INSERT INTO atomic_log VALUES (?1, 'second')", [id])?;
+                Ok::<(), BoxError>(())
+            })
+        }
+        BATCHED => Handler::<SqliteApp, SqliteStore>::batched(
+            |tx, from, _ctx: &MigrationContext<SqliteApp>| {
+                let (after, last, step) = batch_step(from, BATCH)?;
+                let batch = after / BATCH + 1;
+                for item in after + 1..=last {
+                    tx.execute("INSERT INTO batch_items VALUES (?1, ?2)", [item, batch])?;
+                    if item == after + 1 {
+                        std::thread::sleep(PAUSE);
+                    }
                 }
-            }
-            Ok::<_, BoxError>(step)
-        }),
+                Ok::<_, BoxError>(step)
+            },
+        ),
         PLAIN_BATCHED => Handler::resumable_blocking(|app: &SqliteApp, from| {
             let (after, last, step) = batch_step(from, PLAIN_BATCH)?;
             let mut conn = connect(&app.path)?;
