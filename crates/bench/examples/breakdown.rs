@@ -22,7 +22,14 @@ async fn phases(store: &dyn MigrationStore, n: usize) -> Result<(), BoxError> {
     step("prepare", store.prepare()).await?;
     step("register", store.register(&defs)).await?;
     step("pending", store.pending()).await?;
-    let guard = step("lock", store.lock(&waymark_core::store::LockRequest::new(waymark_core::store::LockScope::Run, Duration::from_secs(5)))).await?;
+    let guard = step(
+        "lock",
+        store.lock(&waymark_core::store::LockRequest::new(
+            waymark_core::store::LockScope::Run,
+            Duration::from_secs(5),
+        )),
+    )
+    .await?;
     step("pending (locked)", store.pending()).await?;
     step(
         "record_success 1",

@@ -29,7 +29,10 @@ pub async fn start_together<St: MigrationStore + Clone>(
             let barrier = Arc::clone(&barrier);
             tokio::spawn(async move {
                 barrier.wait().await;
-                runner.run(()).await.map(waymark_runner::Started::into_report)
+                runner
+                    .run(())
+                    .await
+                    .map(waymark_runner::Started::into_report)
             })
         })
         .collect();

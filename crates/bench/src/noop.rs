@@ -39,7 +39,10 @@ pub fn definitions(n: usize) -> Result<Vec<MigrationDef>, BoxError> {
 pub fn runner<St: MigrationStore + Clone>(store: St, n: usize) -> Result<Runner<(), St>, BoxError> {
     let mut builder = Runner::<(), _>::builder(store);
     for def in definitions(n)? {
-        builder = builder.migration(def, Handler::async_fn(|_| async { Ok::<(), waymark_core::BoxError>(()) }));
+        builder = builder.migration(
+            def,
+            Handler::async_fn(|_| async { Ok::<(), waymark_core::BoxError>(()) }),
+        );
     }
     Ok(builder.build()?)
 }
@@ -76,7 +79,9 @@ pub fn mark_all_executed_sqlite(path: &Path) -> Result<(), BoxError> {
 }
 
 /// Checks that the next run takes the fast path.
-async fn check_fast_path<St: MigrationStore + Clone>(runner: &Runner<(), St>) -> Result<(), BoxError> {
+async fn check_fast_path<St: MigrationStore + Clone>(
+    runner: &Runner<(), St>,
+) -> Result<(), BoxError> {
     check_settled(runner.run(()).await?.into_report())
 }
 

@@ -11,9 +11,9 @@
 use std::path::Path;
 
 use rusqlite::{Connection, TransactionBehavior, params};
-use waymark_core::time::format_description::well_known::Rfc3339;
 use waymark_core::BoxError as CoreBoxError;
 use waymark_core::store::now_utc;
+use waymark_core::time::format_description::well_known::Rfc3339;
 use waymark_postgres::PostgresStore;
 use waymark_runner::Runner;
 use waymark_sqlite::SqliteStore;

@@ -40,7 +40,10 @@ pub enum BackgroundStatus {
         /// How many this run executes.
         count: usize,
         /// How far it is, once its handler reported progress.
-        #[serde(skip_serializing_if = "Option::is_none", serialize_with = "progress_fields")]
+        #[serde(
+            skip_serializing_if = "Option::is_none",
+            serialize_with = "progress_fields"
+        )]
         progress: Option<Progress>,
     },
     /// Every background migration is executed (or there was none).
@@ -63,7 +66,10 @@ pub enum BackgroundStatus {
     },
 }
 
-fn progress_fields<S: serde::Serializer>(progress: &Option<Progress>, s: S) -> Result<S::Ok, S::Error> {
+fn progress_fields<S: serde::Serializer>(
+    progress: &Option<Progress>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     use serde::ser::SerializeStruct;
     let Some(p) = progress else {
         return s.serialize_none();
@@ -162,10 +168,7 @@ where
         *slot.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(result);
         tx.send_replace(last);
     });
-    Background {
-        status: rx,
-        report,
-    }
+    Background { status: rx, report }
 }
 
 fn final_status(report: &RunReport) -> BackgroundStatus {

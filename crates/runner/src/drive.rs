@@ -82,7 +82,9 @@ pub(crate) async fn drive_resumable<S, F>(
     mut batch: F,
 ) -> Result<(), Halt>
 where
-    F: FnMut(Option<String>) -> waymark_core::store::BoxFuture<'static, Result<BatchStep, BoxError>>,
+    F: FnMut(
+        Option<String>,
+    ) -> waymark_core::store::BoxFuture<'static, Result<BatchStep, BoxError>>,
 {
     let mut done: u64 = 0;
     let mut from = from;
@@ -103,4 +105,3 @@ where
         }
     }
 }
-

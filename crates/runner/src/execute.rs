@@ -125,8 +125,15 @@ where
             Arc::clone(self.guard),
             span,
         );
-        let (ended, interrupted) =
-            supervise(task, kind.is_batched(), &self.handler.body, &cancel, self.timeout, self.shutdown).await;
+        let (ended, interrupted) = supervise(
+            task,
+            kind.is_batched(),
+            &self.handler.body,
+            &cancel,
+            self.timeout,
+            self.shutdown,
+        )
+        .await;
 
         let status = match ended {
             Ended::Returned(Ok(())) => {
@@ -203,7 +210,9 @@ where
                 });
             }
         }
-        Ok(MigrationOutcome::new(id, &*name, status, duration, attempts))
+        Ok(MigrationOutcome::new(
+            id, &*name, status, duration, attempts,
+        ))
     }
 }
 
@@ -231,9 +240,7 @@ fn failure(ended: Ended, interrupted: Interruptions) -> Failure {
             }
             .into(),
         ),
-        (Ended::Returned(Err(Halt::Error(error))), None) => {
-            Failure::new(FailureKind::Error, error)
-        }
+        (Ended::Returned(Err(Halt::Error(error))), None) => Failure::new(FailureKind::Error, error),
         // Handled by the caller: success, superseded, stopped.
         (other, _) => Failure::new(
             FailureKind::Error,
@@ -294,8 +301,10 @@ where
                     let state = ctx.state_arc();
                     let from = ctx.checkpoint().map(str::to_owned);
                     let ctx_ref = &mut ctx;
-                    drive_resumable(ctx_ref, from, &shutdown, |from| batch(Arc::clone(&state), from))
-                        .await
+                    drive_resumable(ctx_ref, from, &shutdown, |from| {
+                        batch(Arc::clone(&state), from)
+                    })
+                    .await
                 }
                 .instrument(span),
             )

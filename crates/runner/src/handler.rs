@@ -36,7 +36,10 @@ pub trait BlockingMigrationHandler<S>: Send + Sync + 'static {
 
 /// The body of a resumable (not atomic) async batch.
 type ResumableFn<S> = Arc<
-    dyn Fn(Arc<S>, Option<String>) -> waymark_core::store::BoxFuture<'static, Result<BatchStep, BoxError>>
+    dyn Fn(
+            Arc<S>,
+            Option<String>,
+        ) -> waymark_core::store::BoxFuture<'static, Result<BatchStep, BoxError>>
         + Send
         + Sync,
 >;
@@ -253,7 +256,6 @@ impl<S: Send + Sync + 'static, St> Handler<S, St> {
             body: Body::ResumableBlocking(body),
         }
     }
-
 }
 
 impl<S, St> Handler<S, St> {

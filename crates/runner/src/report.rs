@@ -569,7 +569,10 @@ errors:
             failed(FailureKind::Undeclared, "x").to_string(),
             "failed (not declared)"
         );
-        assert_eq!(Status::Undeclared.to_string(), "not declared (left pending)");
+        assert_eq!(
+            Status::Undeclared.to_string(),
+            "not declared (left pending)"
+        );
         assert!(failed(FailureKind::Timeout, "x").is_failure());
     }
 }

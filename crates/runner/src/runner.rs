@@ -321,38 +321,40 @@ impl<S: Send + Sync + 'static, St: MigrationStore + Clone> Inner<S, St> {
         let wait = self.settings.lock_wait;
         let events = &self.settings.events;
         let shutdown = &self.settings.shutdown;
-        let (guard, waited) =
-            match lock::acquire_or_wait(self.store(), LockScope::Run, wait, events, shutdown)
-                .await?
-            {
-                Waited::ShutDown => return Err(self.stopped_before(&plan)),
-                Waited::Done(Some(guard), waited) => (guard, waited),
-                Waited::Done(None, waited) => {
-                    // Another instance held the lock and has let it go: see
-                    // what it left. Every instance that lost the race gets
-                    // here at once, so none has to take the lock to find
-                    // nothing to do.
-                    let rows = self.store().list().await?;
-                    let left = Plan::compute(&rows, &self.declared, &self.settings)?;
-                    if !left.runs(Mode::Required) {
-                        tracing::info!(waited = ?waited, "another instance ran the pending migrations");
-                        let mut outcomes = self.done_by_another(Queue::Required, &plan, &left, &rows);
-                        outcomes.extend(self.report_only(&left));
-                        let report =
-                            RunReport::new(outcomes, false, Some(waited), started.elapsed());
-                        return Ok((report, background));
-                    }
-                    // It stopped short (a failure, or it knew fewer
-                    // migrations): run what is left under the lock.
-                    let rest = wait.saturating_sub(waited);
-                    match lock::acquire(self.store(), LockScope::Run, rest, events, shutdown)
-                        .await?
-                    {
-                        Waited::ShutDown => return Err(self.stopped_before(&left)),
-                        Waited::Done(guard, more) => (guard, waited + more),
-                    }
+        let (guard, waited) = match lock::acquire_or_wait(
+            self.store(),
+            LockScope::Run,
+            wait,
+            events,
+            shutdown,
+        )
+        .await?
+        {
+            Waited::ShutDown => return Err(self.stopped_before(&plan)),
+            Waited::Done(Some(guard), waited) => (guard, waited),
+            Waited::Done(None, waited) => {
+                // Another instance held the lock and has let it go: see
+                // what it left. Every instance that lost the race gets
+                // here at once, so none has to take the lock to find
+                // nothing to do.
+                let rows = self.store().list().await?;
+                let left = Plan::compute(&rows, &self.declared, &self.settings)?;
+                if !left.runs(Mode::Required) {
+                    tracing::info!(waited = ?waited, "another instance ran the pending migrations");
+                    let mut outcomes = self.done_by_another(Queue::Required, &plan, &left, &rows);
+                    outcomes.extend(self.report_only(&left));
+                    let report = RunReport::new(outcomes, false, Some(waited), started.elapsed());
+                    return Ok((report, background));
                 }
-            };
+                // It stopped short (a failure, or it knew fewer
+                // migrations): run what is left under the lock.
+                let rest = wait.saturating_sub(waited);
+                match lock::acquire(self.store(), LockScope::Run, rest, events, shutdown).await? {
+                    Waited::ShutDown => return Err(self.stopped_before(&left)),
+                    Waited::Done(guard, more) => (guard, waited + more),
+                }
+            }
+        };
 
         // The one snapshot under the lock: what this run executes.
         let rows = self.store().list().await?;

@@ -18,8 +18,7 @@ use std::time::Duration;
 use tokio_postgres::Transaction as PgTransaction;
 use waymark_core::store::sql::Statements;
 use waymark_core::store::{
-    AtomicError, AtomicFn, AtomicStore, BatchFn, BoxFuture, check_advance, confirm_commit,
-    now_utc,
+    AtomicError, AtomicFn, AtomicStore, BatchFn, BoxFuture, check_advance, confirm_commit, now_utc,
 };
 use waymark_core::time::OffsetDateTime;
 use waymark_core::{BatchStep, BoxError, Cancelled, Error, MigrationContext, MigrationId};
@@ -282,7 +281,12 @@ impl PostgresStore {
         };
         let out = match outcome {
             Some(Ok(out)) => out,
-            Some(Err(e)) => return (roll_back(tx, limit).await, known(Err(AtomicError::Failed(e)))),
+            Some(Err(e)) => {
+                return (
+                    roll_back(tx, limit).await,
+                    known(Err(AtomicError::Failed(e))),
+                );
+            }
             None => {
                 // The work is dropped; its statement may still run on the
                 // server: cancel it, then roll back.

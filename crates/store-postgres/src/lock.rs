@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use deadpool_postgres::ClientWrapper;
 use tokio_postgres::error::SqlState;
-use waymark_core::store::{HeldLock, LockGuard, LockScope, fnv1a_64};
 use waymark_core::Error;
+use waymark_core::store::{HeldLock, LockGuard, LockScope, fnv1a_64};
 
 use crate::conn::{Conn, Detached};
 
@@ -231,10 +231,7 @@ mod tests {
         // Fixed value: the run lock's key of every earlier version, so that
         // old and new versions never run at once.
         let default = lock_key(LockScope::Run, "public", "migrations");
-        assert_eq!(
-            default,
-            fnv1a_64(b"waymark:run:public.migrations") as i64
-        );
+        assert_eq!(default, fnv1a_64(b"waymark:run:public.migrations") as i64);
         assert_eq!(default, RUN_KEY_OF_EARLIER_VERSIONS);
         assert_ne!(default, lock_key(LockScope::Run, "public", "other"));
         assert_ne!(default, lock_key(LockScope::Run, "ops", "migrations"));

@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use waymark::render::{StatusTable, error_chain};
 use waymark::sqlite::SqliteStore;
 use waymark::sqlite::rusqlite;
-use waymark::render::{StatusTable, error_chain};
 use waymark::{MigrationStore, Runner};
 
 /// Seed an activity database and run its data migrations with waymark.

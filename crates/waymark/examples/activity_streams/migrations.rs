@@ -25,8 +25,11 @@ pub struct App {
 /// Heart-rate zone upper bounds (beats per minute) for zones 1 to 4; zone 5 is above.
 const ZONE_BOUNDS: [f64; 4] = [120.0, 140.0, 160.0, 175.0];
 
+/// A migration of the demo: its definition and its handler on SQLite.
+pub type DemoMigration = (MigrationDef, Handler<App, SqliteStore>);
+
 /// The three migrations, in the order of their ids.
-pub fn all() -> Result<Vec<(MigrationDef, Handler<App, SqliteStore>)>, Error> {
+pub fn all() -> Result<Vec<DemoMigration>, Error> {
     Ok(vec![
         (
             MigrationDef::new(

@@ -58,7 +58,10 @@ impl Bars {
             }
             RunEvent::Failed { id, error, .. } => {
                 if let Some(bar) = bars.remove(id) {
-                    bar.abandon_with_message(format!("FAILED: {}", waymark::render::one_line(error, 100)));
+                    bar.abandon_with_message(format!(
+                        "FAILED: {}",
+                        waymark::render::one_line(error, 100)
+                    ));
                 }
             }
             _ => {}

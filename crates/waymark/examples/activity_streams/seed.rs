@@ -2,8 +2,8 @@
 //! the original application's `activities_streams` rows.
 
 use serde_json::json;
-use waymark::stream::StreamType;
 use waymark::sqlite::rusqlite::{Connection, params};
+use waymark::stream::StreamType;
 
 /// The application's own tables (waymark's tracking table lives beside them).
 pub const SCHEMA: &str = "
