@@ -4,9 +4,9 @@
 //! [`SqliteStore`] keeps waymark's tracking table in a SQLite file (or an
 //! in-memory database) through rusqlite's bundled SQLite, so no system
 //! library is needed. Besides the [`MigrationStore`](waymark_core::MigrationStore)
-//! contract it offers atomic handlers ([`SqliteStore::atomic`],
-//! [`SqliteStore::batched`]) that commit a migration's data changes together
-//! with its bookkeeping.
+//! contract it implements [`AtomicStore`](waymark_core::store::AtomicStore):
+//! the runner's atomic and batched handlers get a `&rusqlite::Transaction`,
+//! and their data changes commit together with the bookkeeping.
 //!
 //! ```
 //! use std::time::Duration;
