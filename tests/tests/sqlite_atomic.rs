@@ -204,13 +204,59 @@ fn assert_refused_from_inside(returned: Option<Error>) {
     }
 }
 
-/// A read from the handler's own thread would wait for the connection the
-/// handler holds; it fails at once instead.
+/// A read from the handler's own thread goes to the store's read
+/// connection: it does not wait for the transaction the handler holds, and
+/// sees what is committed (the migration still pending).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reading_the_store_inside_its_atomic_handler_fails_instead_of_deadlocking() {
-    let (returned, _dir, store) =
-        call_from_inside(|store| async move { store.list().await.map(drop) }).await;
-    assert_refused_from_inside(returned);
+async fn reading_the_store_inside_its_atomic_handler_sees_what_is_committed() {
+    let (store, dir) = setup().await;
+    let seen = Arc::new(Mutex::new(None));
+    let work = {
+        let (store, seen) = (store.clone(), Arc::clone(&seen));
+        atomic_fn(move |tx, ctx: &MigrationContext<()>| {
+            prefix(tx)?;
+            let row = ctx
+                .runtime()
+                .block_on(tokio::time::timeout(NO_HANG, store.get(id(1))))
+                .map_err(|_| "the read waited for the handler's transaction")??;
+            *seen.lock().unwrap() = Some(row.executed);
+            Ok(())
+        })
+    };
+    store
+        .execute_atomic(work, context_of(&store, 1).await)
+        .await
+        .unwrap();
+    assert_eq!(*seen.lock().unwrap(), Some(false), "the committed state");
+    assert!(store.get(id(1)).await.unwrap().executed);
+    assert_eq!(paths(&dir), ["/tracks/a", "/tracks/b", "/tracks/c"]);
+}
+
+/// An in-memory database has only the store's connection: a read from the
+/// handler's own thread would wait for it, and fails at once instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_an_in_memory_store_inside_its_atomic_handler_fails_at_once() {
+    let store = SqliteStore::open_in_memory().await.unwrap();
+    store.prepare().await.unwrap();
+    store.register(&[def()]).await.unwrap();
+    let work = {
+        let store = store.clone();
+        atomic_fn(move |_tx, ctx: &MigrationContext<()>| {
+            let read = ctx
+                .runtime()
+                .block_on(tokio::time::timeout(NO_HANG, store.list()))
+                .map_err(|_| "the read deadlocked")?;
+            Err(read.map(drop).expect_err("the read must be refused").into())
+        })
+    };
+    let result = store
+        .execute_atomic(work, context_of(&store, 1).await)
+        .await;
+    let Err(AtomicError::Failed(err)) = result else {
+        panic!("expected the refused read, got {result:?}");
+    };
+    let err = err.downcast::<Error>().expect("the store's error");
+    assert_refused_from_inside(Some(*err));
     assert!(!store.get(id(1)).await.unwrap().executed);
 }
 
@@ -247,10 +293,10 @@ async fn writing_its_own_row_inside_its_atomic_handler_fails_instead_of_deadlock
     assert_eq!((row.checkpoint, row.executed), (None, false));
 }
 
-/// Other tasks reading through the store while an atomic handler runs
-/// simply wait for it, then see what it committed.
+/// Other tasks reading through the store while an atomic handler runs do
+/// not wait for it: they see what is committed, then what it committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn other_calls_wait_for_a_running_atomic_handler() {
+async fn reads_do_not_wait_for_a_running_atomic_handler() {
     let (store, dir) = setup().await;
     let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
     let entered_tx = Mutex::new(entered_tx);
@@ -264,13 +310,14 @@ async fn other_calls_wait_for_a_running_atomic_handler() {
     tokio::task::spawn_blocking(move || entered_rx.recv().unwrap())
         .await
         .unwrap();
-    // Queued behind the handler's transaction, then sees its result.
-    let row = tokio::time::timeout(NO_HANG, store.get(id(1)))
+    // Answered by the read connection while the transaction is open.
+    let row = tokio::time::timeout(Duration::from_millis(150), store.get(id(1)))
         .await
-        .unwrap()
+        .expect("a read does not wait for the writer")
         .unwrap();
-    assert!(row.executed);
+    assert!(!row.executed);
     running.await.unwrap().unwrap();
+    assert!(store.get(id(1)).await.unwrap().executed);
     assert_eq!(paths(&dir)[0], "/tracks/a");
 }
 
@@ -656,4 +703,50 @@ async fn atomic_handlers_work_in_memory() {
         "the failed insert was rolled back"
     );
     assert!(store.get(id(1)).await.unwrap().executed);
+}
+
+/// A handler that waits for a task writing another row through the store
+/// (which needs the connection the handler's transaction holds) does not
+/// wait for good: the task's write fails with `Busy` after the busy timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_the_handler_waits_for_gets_busy_after_the_busy_timeout() {
+    let (setup_store, dir) = setup().await;
+    setup_store
+        .register(&[MigrationDef::new(2, "other", "").unwrap()])
+        .await
+        .unwrap();
+    setup_store.close().await.unwrap();
+    let config = SqliteConfig::file(db_path(&dir)).busy_timeout(Duration::from_millis(200));
+    let store = SqliteStore::open_with(config).await.unwrap();
+    let work = {
+        let store = store.clone();
+        atomic_fn(move |tx, ctx: &MigrationContext<()>| {
+            prefix(tx)?;
+            let task = {
+                let store = store.clone();
+                ctx.runtime()
+                    .spawn(async move { store.save_checkpoint(id(2), "half way").await })
+            };
+            let started = Instant::now();
+            let written = ctx
+                .runtime()
+                .block_on(tokio::time::timeout(NO_HANG, task))
+                .map_err(|_| "the task waited for good")??;
+            match written {
+                Err(Error::Busy { .. }) if started.elapsed() < Duration::from_secs(3) => Ok(()),
+                other => Err(format!(
+                    "expected Busy soon, got {other:?} after {:?}",
+                    started.elapsed()
+                )
+                .into()),
+            }
+        })
+    };
+    store
+        .execute_atomic(work, context_of(&store, 1).await)
+        .await
+        .unwrap();
+    assert!(store.get(id(1)).await.unwrap().executed);
+    assert_eq!(store.get(id(2)).await.unwrap().checkpoint, None);
+    assert_eq!(paths(&dir)[0], "/tracks/a");
 }

@@ -94,8 +94,11 @@ impl<S> MigrationContext<S> {
         self.cancellation.is_cancelled()
     }
 
-    /// The cancellation signal itself, to await or to pass along; a child
-    /// of the application's shutdown token when the runner was given one.
+    /// The cancellation signal itself, to await or to pass along. The runner
+    /// cancels it when the migration's timeout passes and, on the
+    /// application's shutdown, at once for handlers that are not batched
+    /// (batched ones stop at a batch boundary; theirs is cancelled only if
+    /// the batch outlasts the shutdown grace).
     pub fn cancellation(&self) -> &CancellationToken {
         &self.cancellation
     }

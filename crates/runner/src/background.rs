@@ -10,11 +10,11 @@ use tokio::sync::watch;
 use waymark_core::store::LockScope;
 use waymark_core::{Error, MigrationId, MigrationStore};
 
+use crate::engine::{Inner, Queue};
 use crate::events::{Progress, RunEvent};
 use crate::lock::{self, Waited};
 use crate::plan::Plan;
 use crate::report::{RunReport, Status};
-use crate::runner::{Inner, Queue};
 
 /// How long one wait for the background lock lasts before the task looks
 /// again: a replica whose holder died takes over within this much.

@@ -11,10 +11,11 @@ use waymark_core::store::{AtomicStore, check_unique_ids};
 use waymark_core::{BatchStep, BoxError, Error, MigrationContext, MigrationDef, MigrationStore};
 
 use crate::declare::{Declared, FailurePolicy, Settings, UndeclaredPolicy};
+use crate::engine::Inner;
 use crate::events::{Events, RunEvent};
 use crate::execute::Stores;
 use crate::handler::Handler;
-use crate::runner::{Inner, Runner};
+use crate::runner::Runner;
 
 /// Collects migrations and settings for a [`Runner`]; made by
 /// [`Runner::builder`]. Nothing is checked until [`build`](Self::build).

@@ -19,6 +19,7 @@ mod background;
 mod builder;
 mod declare;
 mod drive;
+mod engine;
 mod events;
 mod execute;
 mod handler;

@@ -11,9 +11,11 @@ use waymark_core::Error;
 use crate::config::{Location, SqliteConfig};
 use crate::error::Site;
 
-/// An open connection and whether it can write.
+/// An open connection, a read connection beside it for a file, and
+/// whether it can write.
 pub(crate) struct Opened {
     pub(crate) conn: Connection,
+    pub(crate) reader: Option<Connection>,
     pub(crate) read_only: bool,
 }
 
@@ -45,7 +47,22 @@ pub(crate) fn open(config: &SqliteConfig, site: &Site) -> Result<Opened, Error> 
             (conn, read_only)
         }
     };
-    conn.busy_timeout(config.busy_timeout)
+    configure(&conn, site)?;
+    let reader = match &config.location {
+        Location::File(path) => Some(open_reader(path, site)?),
+        Location::Memory => None,
+    };
+    Ok(Opened {
+        conn,
+        reader,
+        read_only,
+    })
+}
+
+/// Settings of the store's write connection, whoever opened it: the busy
+/// timeout, a check that the file is a database, `synchronous = FULL`.
+pub(crate) fn configure(conn: &Connection, site: &Site) -> Result<(), Error> {
+    conn.busy_timeout(site.busy_timeout)
         .map_err(site.err("setting the busy timeout"))?;
     // SQLite reads the header lazily. Read it now, before any statement that
     // could write, so a file that is not a database is refused untouched.
@@ -56,7 +73,17 @@ pub(crate) fn open(config: &SqliteConfig, site: &Site) -> Result<Opened, Error> 
     // See the crate documentation for why FULL rather than NORMAL.
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(site.err("setting synchronous = FULL"))?;
-    Ok(Opened { conn, read_only })
+    Ok(())
+}
+
+/// The read connection of a database file: read-only, so that reads never
+/// wait for the store's own writer (in WAL mode, not for any writer).
+pub(crate) fn open_reader(path: &Path, site: &Site) -> Result<Connection, Error> {
+    let flags = OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_READ_ONLY;
+    let conn = Connection::open_with_flags(path, flags).map_err(|err| open_failed(path, err))?;
+    conn.busy_timeout(site.busy_timeout)
+        .map_err(site.err("setting the busy timeout of the read connection"))?;
+    Ok(conn)
 }
 
 /// Switches the database to WAL journal mode (a no-op when it already is).

@@ -46,6 +46,10 @@ pub struct SqliteStore {
 
 pub(crate) struct Inner {
     conn: Mutex<Connection>,
+    /// A read-only connection to the same file, so that reads never wait
+    /// for the writer (an atomic handler's transaction, say); `None` for an
+    /// in-memory database, which only `conn` can reach.
+    reader: Option<Mutex<Connection>>,
     pub(crate) target: Target,
     run_lock: RunLock,
     read_only: bool,
@@ -61,6 +65,42 @@ impl Inner {
         self.conn
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The connection for a write. While an atomic transaction holds it,
+    /// waits at most the busy timeout, as SQLite waits for another
+    /// connection's write lock, then fails with [`Error::Busy`]: a task the
+    /// handler spawned and waits for would otherwise wait for good.
+    fn writer(&self) -> Result<MutexGuard<'_, Connection>, Error> {
+        if self.in_flight.is_empty() {
+            return Ok(self.connection());
+        }
+        let deadline = std::time::Instant::now() + self.target.site.busy_timeout;
+        loop {
+            match self.conn.try_lock() {
+                Ok(conn) => return Ok(conn),
+                Err(TryLockError::Poisoned(poison)) => return Ok(poison.into_inner()),
+                Err(TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(TryLockError::WouldBlock) => {
+                    return Err(Error::Busy {
+                        context: format!(
+                            "waiting for the connection of the {} (busy timeout {:?})",
+                            self.target.site.location, self.target.site.busy_timeout
+                        ),
+                        source: "an atomic migration's transaction holds it; a handler must not \
+                                 wait for a task that writes through the store"
+                            .into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// The connection for reads: the read connection if there is one.
+    fn read_connection(&self) -> &Mutex<Connection> {
+        self.reader.as_ref().unwrap_or(&self.conn)
     }
 }
 
@@ -78,7 +118,7 @@ impl Inner {
     /// (connection in use, database busy) sends the caller to the blocking
     /// path, which waits as usual.
     fn settled_inline(&self, fingerprint: &str) -> Option<Result<bool, Error>> {
-        let conn = match self.conn.try_lock() {
+        let conn = match self.read_connection().try_lock() {
             Ok(conn) => conn,
             Err(TryLockError::Poisoned(poison)) => poison.into_inner(),
             Err(TryLockError::WouldBlock) => return None,
@@ -142,15 +182,94 @@ impl SqliteStore {
             busy_timeout: config.busy_timeout,
         };
         let opened = open(&config, &site)?;
-        Ok(Self {
+        Ok(Self::assemble(opened, site, &config.table))
+    }
+
+    /// A store on the application's own connection: the store writes
+    /// through it (so an atomic handler's transaction is on it), and the
+    /// application reaches it with [`interact`](Self::interact). For a file
+    /// the store opens a read-only connection of its own beside it, so that
+    /// reads never wait for a writer. Default table and busy timeout; see
+    /// [`from_connection_with`](Self::from_connection_with).
+    ///
+    /// The store sets the connection's busy timeout and `synchronous = FULL`
+    /// (see the crate documentation for why).
+    ///
+    /// ```
+    /// use waymark_sqlite::{SqliteStore, rusqlite::Connection};
+    ///
+    /// # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+    /// let dir = tempfile::tempdir()?;
+    /// let conn = Connection::open(dir.path().join("app.db"))?;
+    /// conn.execute_batch("CREATE TABLE laps (id INTEGER PRIMARY KEY)")?;
+    /// let store = SqliteStore::from_connection(conn)?;
+    /// let laps: i64 = store
+    ///     .interact(|conn| conn.query_row("SELECT count(*) FROM laps", [], |row| row.get(0)))
+    ///     .await?;
+    /// assert_eq!(laps, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn from_connection(conn: Connection) -> Result<Self, Error> {
+        let location = location_of(&conn);
+        let config = match &location {
+            Location::File(path) => SqliteConfig::file(path),
+            Location::Memory => SqliteConfig::in_memory(),
+        };
+        Self::from_connection_with(conn, config)
+    }
+
+    /// [`from_connection`](Self::from_connection) with the table, busy
+    /// timeout and read-only flag of `config`. `config` must name the
+    /// connection's own database (`SqliteConfig::file` of its path, or
+    /// `SqliteConfig::in_memory()` for an in-memory connection): anything
+    /// else is [`Error::Invalid`] for the field `path`, so a store can never
+    /// track one database while the config says another.
+    pub fn from_connection_with(conn: Connection, config: SqliteConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let location = location_of(&conn);
+        if !same_database(&location, &config.location) {
+            return Err(Error::invalid(
+                "path",
+                format!(
+                    "the connection is to the {location}, the config names the {}",
+                    config.location
+                ),
+            ));
+        }
+        let site = Site {
+            location: location.clone(),
+            busy_timeout: config.busy_timeout,
+        };
+        crate::open::configure(&conn, &site)?;
+        let read_only = config.read_only || conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(false);
+        if config.read_only {
+            conn.pragma_update(None, "query_only", true)
+                .map_err(site.err("making the connection read-only"))?;
+        }
+        let reader = match &location {
+            Location::File(path) => Some(crate::open::open_reader(path, &site)?),
+            Location::Memory => None,
+        };
+        let opened = crate::open::Opened {
+            conn,
+            reader,
+            read_only,
+        };
+        Ok(Self::assemble(opened, site, &config.table))
+    }
+
+    fn assemble(opened: crate::open::Opened, site: Site, table: &str) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 conn: Mutex::new(opened.conn),
-                run_lock: RunLock::new(&config.location, &config.table),
-                target: Target::new(site, &config.table),
+                reader: opened.reader.map(Mutex::new),
+                run_lock: RunLock::new(&site.location, table),
+                target: Target::new(site, table),
                 read_only: opened.read_only,
                 in_flight: InFlight::new(),
             }),
-        })
+        }
     }
 
     /// The database file, or `None` for an in-memory database.
@@ -182,11 +301,21 @@ impl SqliteStore {
         let Ok(inner) = Arc::try_unwrap(self.inner) else {
             return Ok(());
         };
-        let Inner { conn, target, .. } = inner;
-        let conn = conn
-            .into_inner()
-            .unwrap_or_else(|poison| poison.into_inner());
+        let Inner {
+            conn,
+            reader,
+            target,
+            ..
+        } = inner;
+        let unpoisoned = |m: Mutex<Connection>| m.into_inner().unwrap_or_else(|p| p.into_inner());
+        let conn = unpoisoned(conn);
+        let reader = reader.map(unpoisoned);
         tokio::task::spawn_blocking(move || {
+            if let Some(reader) = reader {
+                reader
+                    .close()
+                    .map_err(|(_, err)| target.site.error("closing the read connection", err))?;
+            }
             conn.close()
                 .map_err(|(_, err)| target.site.error("closing", err))
         })
@@ -239,6 +368,34 @@ impl SqliteStore {
         .await
     }
 
+    /// Runs a read on the read connection on a blocking thread. With a
+    /// read connection a read from inside an atomic handler is safe (it
+    /// sees what is committed); without one it would wait for the
+    /// connection the handler holds, and fails at once instead.
+    async fn read<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(&Connection, &Target) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        if self.inner.reader.is_none() {
+            reentry::check(self.key())?;
+        }
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let conn = inner
+                .read_connection()
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            op(&conn, &inner.target)
+        })
+        .await
+        .map_err(|join| {
+            Error::store(
+                format!("running a query on {}", self.inner.target.site.location),
+                join,
+            )
+        })?
+    }
+
     /// This store's identity for the re-entrance check.
     pub(crate) fn key(&self) -> usize {
         Arc::as_ptr(&self.inner) as usize
@@ -252,7 +409,7 @@ impl SqliteStore {
     ) -> Result<T, Error> {
         reentry::check(self.key())?;
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || op(&mut inner.connection(), &inner.target))
+        tokio::task::spawn_blocking(move || op(&mut *inner.writer()?, &inner.target))
             .await
             .map_err(|join| {
                 Error::store(
@@ -273,6 +430,27 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
+/// Where a connection's main database is.
+fn location_of(conn: &Connection) -> Location {
+    match conn.path() {
+        Some(path) if !path.is_empty() => Location::File(path.into()),
+        _ => Location::Memory,
+    }
+}
+
+/// Whether two locations are the same database (a file reached by two
+/// spellings included).
+fn same_database(a: &Location, b: &Location) -> bool {
+    match (a, b) {
+        (Location::Memory, Location::Memory) => true,
+        (Location::File(a), Location::File(b)) => {
+            let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+            canonical(a) == canonical(b)
+        }
+        _ => false,
+    }
+}
+
 #[async_trait]
 impl MigrationStore for SqliteStore {
     async fn prepare(&self) -> Result<(), Error> {
@@ -287,7 +465,7 @@ impl MigrationStore for SqliteStore {
     }
 
     async fn list(&self) -> Result<Vec<Migration>, Error> {
-        self.call(|conn, target| sql::list(conn, target, false))
+        self.read(|conn, target| sql::list(conn, target, false))
             .await
     }
 
@@ -318,22 +496,24 @@ impl MigrationStore for SqliteStore {
     }
 
     async fn pending(&self) -> Result<Vec<Migration>, Error> {
-        self.call(|conn, target| sql::list(conn, target, true))
+        self.read(|conn, target| sql::list(conn, target, true))
             .await
     }
 
     async fn get(&self, id: MigrationId) -> Result<Migration, Error> {
-        self.call(move |conn, target| sql::get(conn, target, id))
+        self.read(move |conn, target| sql::get(conn, target, id))
             .await
     }
 
     async fn is_settled(&self, fingerprint: &str) -> Result<bool, Error> {
-        reentry::check(self.key())?;
+        if self.inner.reader.is_none() {
+            reentry::check(self.key())?;
+        }
         if let Some(settled) = self.inner.settled_inline(fingerprint) {
             return settled;
         }
         let fingerprint = fingerprint.to_owned();
-        self.call(move |conn, target| sql::is_settled(conn, target, &fingerprint))
+        self.read(move |conn, target| sql::is_settled(conn, target, &fingerprint))
             .await
     }
 }

@@ -106,11 +106,19 @@ pub mod error {
 /// For backend authors: the storage contract, locks, the SQL shared by the
 /// SQL backends, and helpers ([`waymark_core::store`]), and with the
 /// `testkit` feature the conformance suites every backend runs.
+///
+/// A backend implements [`MigrationStore`](crate::MigrationStore) with
+/// [`async_trait`] and runs the suites with
+/// `waymark::store::store_conformance_tests!(fresh)` and, for a store with
+/// transactions, `waymark::store::atomic_conformance_tests!(Store, fresh)`.
 pub mod store {
+    pub use waymark_core::async_trait;
     pub use waymark_core::run::new_context;
     pub use waymark_core::store::*;
     #[cfg(feature = "testkit")]
     pub use waymark_core::testkit;
+    #[cfg(feature = "testkit")]
+    pub use waymark_core::{atomic_conformance_tests, store_conformance_tests};
 }
 
 /// Plain-text tables for terminals, as the CLI and the demo print them.
