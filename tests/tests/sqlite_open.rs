@@ -246,3 +246,66 @@ fn the_store_opens_and_runs_without_a_runtime() {
         );
     });
 }
+
+/// A store over the application's own connection tracks that database,
+/// runs atomic handlers on it, and lets the application reach its tables
+/// through `interact`; a config naming another database is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_over_the_apps_own_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let conn = waymark_sqlite::rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE TABLE laps (id INTEGER PRIMARY KEY, path TEXT NOT NULL); INSERT INTO laps (path) VALUES ('/a');")
+        .unwrap();
+    let store = SqliteStore::from_connection(conn).unwrap();
+    assert_eq!(
+        std::fs::canonicalize(store.path().unwrap()).unwrap(),
+        std::fs::canonicalize(&path).unwrap()
+    );
+    let runner = Runner::<(), SqliteStore>::builder(store.clone())
+        .atomic(
+            MigrationDef::new(1, "prefix", "").unwrap(),
+            |tx, _ctx: &MigrationContext<()>| {
+                tx.execute("UPDATE laps SET path = '/tracks' || path", [])?;
+                Ok::<(), waymark_core::BoxError>(())
+            },
+        )
+        .build()
+        .unwrap();
+    runner.run(()).await.unwrap();
+    let laps: String = store
+        .interact(|conn| conn.query_row("SELECT path FROM laps", [], |row| row.get(0)))
+        .await
+        .unwrap();
+    assert_eq!(laps, "/tracks/a");
+    assert!(store.get(id(1)).await.unwrap().executed);
+    // A transaction the closure leaves open is rolled back and refused.
+    let left_open = store
+        .interact(|conn| conn.execute_batch("BEGIN; UPDATE laps SET path = 'x'"))
+        .await;
+    assert!(
+        matches!(
+            left_open,
+            Err(Error::Invalid {
+                field: "interact",
+                ..
+            })
+        ),
+        "{left_open:?}"
+    );
+    assert_eq!(
+        raw(&path)
+            .query_row("SELECT path FROM laps", [], |row| row.get::<_, String>(0))
+            .unwrap(),
+        "/tracks/a"
+    );
+
+    let conn = waymark_sqlite::rusqlite::Connection::open(&path).unwrap();
+    let other = SqliteConfig::file(dir.path().join("other.db"));
+    let refused = SqliteStore::from_connection_with(conn, other);
+    assert!(
+        matches!(refused, Err(Error::Invalid { field: "path", .. })),
+        "{refused:?}"
+    );
+    assert!(!dir.path().join("other.db").exists());
+}
