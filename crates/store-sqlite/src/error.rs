@@ -62,10 +62,12 @@ pub(crate) fn is_busy(err: &rusqlite::Error) -> bool {
 /// a database waymark has not prepared. SQLite has no code of its own for it.
 pub(crate) fn is_unprepared(err: &rusqlite::Error) -> bool {
     let message = match err {
-        rusqlite::Error::SqliteFailure(_, Some(message)) => message,
-        // What rusqlite returns for an error found while preparing.
-        rusqlite::Error::SqlInputError { msg, .. } => msg,
-        _ => return false,
+        rusqlite::Error::SqliteFailure(_, Some(message)) => message.clone(),
+        // An error found while preparing comes as rusqlite's
+        // `SqlInputError` where SQLite is new enough (the variant exists
+        // only then), whose text starts with SQLite's message.
+        rusqlite::Error::SqliteFailure(_, None) => return false,
+        other => other.to_string(),
     };
     message.starts_with("no such table") || message.starts_with("no such column")
 }
