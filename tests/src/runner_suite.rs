@@ -991,10 +991,16 @@ pub async fn a_replica_serves_while_another_runs_the_background_migration(db: &T
         .expect("the replica serves at once")
         .unwrap();
     assert!(second.report().nothing_pending() || second.report().is_success());
-    assert_eq!(
-        second.background().status(),
-        BackgroundStatus::WaitingForOtherInstance
-    );
+    let mut watch = second.background().subscribe();
+    let seen = tokio::time::timeout(
+        Duration::from_secs(10),
+        watch.wait_for(|status| *status != BackgroundStatus::Starting),
+    )
+    .await
+    .expect("the replica looks at the lock")
+    .expect("the status is kept")
+    .clone();
+    assert_eq!(seen, BackgroundStatus::WaitingForOtherInstance);
     release.notify_one();
     assert_eq!(
         first.background().finished_status().await,

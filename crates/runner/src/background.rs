@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use tokio::sync::watch;
-use waymark_core::store::LockScope;
+use waymark_core::store::{LockRequest, LockScope};
 use waymark_core::{Error, MigrationId, MigrationStore};
 
 use crate::engine::{Inner, Queue};
@@ -26,6 +26,8 @@ const WAIT_ROUND: Duration = Duration::from_secs(30);
 #[serde(rename_all = "snake_case", tag = "state")]
 #[non_exhaustive]
 pub enum BackgroundStatus {
+    /// Taking the background lock: nothing has run yet.
+    Starting,
     /// Another instance is running them; this one serves and takes over if
     /// that instance stops before it finishes.
     WaitingForOtherInstance,
@@ -87,7 +89,10 @@ impl BackgroundStatus {
     /// Whether nothing more will happen in this process: finished, failed,
     /// stopped or in error.
     pub fn is_final(&self) -> bool {
-        !matches!(self, Self::WaitingForOtherInstance | Self::Running { .. })
+        !matches!(
+            self,
+            Self::Starting | Self::WaitingForOtherInstance | Self::Running { .. }
+        )
     }
 }
 
@@ -150,7 +155,7 @@ where
     S: Send + Sync + 'static,
     St: MigrationStore + Clone,
 {
-    let (tx, rx) = watch::channel(BackgroundStatus::WaitingForOtherInstance);
+    let (tx, rx) = watch::channel(BackgroundStatus::Starting);
     let report: Arc<Mutex<Option<Result<RunReport, Error>>>> = Arc::default();
     let slot = Arc::clone(&report);
     let tx = Arc::new(tx);
@@ -205,28 +210,44 @@ where
         track(&tap, event);
     }));
     let mut waited = Duration::ZERO;
+    // One look first, so that the status says "waiting" only when another
+    // instance really holds the lock.
+    let first = LockRequest::new(LockScope::Background, Duration::ZERO);
+    let mut held_now = match store.lock(&first).await {
+        Ok(guard) => Some(guard),
+        Err(Error::LockTimeout { .. }) => {
+            status.send_replace(BackgroundStatus::WaitingForOtherInstance);
+            None
+        }
+        Err(err) => return Err(err),
+    };
     loop {
-        let round = lock::acquire_or_wait(
-            store,
-            LockScope::Background,
-            WAIT_ROUND,
-            &events,
-            &settings.shutdown,
-        )
-        .await;
-        let guard = match round {
-            Ok(Waited::ShutDown) => return Ok(stopped(before, started)),
-            Ok(Waited::Done(guard, took)) => {
-                waited += took;
-                guard
+        let guard = match held_now.take() {
+            Some(guard) => Some(guard),
+            None => {
+                let round = lock::acquire_or_wait(
+                    store,
+                    LockScope::Background,
+                    WAIT_ROUND,
+                    &events,
+                    &settings.shutdown,
+                )
+                .await;
+                match round {
+                    Ok(Waited::ShutDown) => return Ok(stopped(before, started)),
+                    Ok(Waited::Done(guard, took)) => {
+                        waited += took;
+                        guard
+                    }
+                    // Another instance is still at it; keep serving and look again.
+                    Err(Error::LockTimeout { waited: took }) => {
+                        waited += took;
+                        status.send_replace(BackgroundStatus::WaitingForOtherInstance);
+                        continue;
+                    }
+                    Err(err) => return Err(err),
+                }
             }
-            // Another instance is still at it; keep serving and look again.
-            Err(Error::LockTimeout { waited: took }) => {
-                waited += took;
-                status.send_replace(BackgroundStatus::WaitingForOtherInstance);
-                continue;
-            }
-            Err(err) => return Err(err),
         };
         let rows = store.list().await?;
         let now = Plan::compute(&rows, &inner.declared, settings)?;
