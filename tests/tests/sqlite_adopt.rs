@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use waymark_core::store::{AdoptionChoices, NullExecuted};
 use waymark_core::{Error, MigrationDef, MigrationId, MigrationStore};
 use waymark_sqlite::{SqliteConfig, SqliteStore};
 use waymark_tests::sqlite::{Helper, db_path, fresh_store, journal_mode, raw};
@@ -139,23 +140,160 @@ async fn the_original_four_column_table_is_adopted_with_every_row_intact() {
     assert_eq!(count, 5);
 }
 
-/// An original table whose `executed` allowed NULL: NULL never meant done.
+/// Everything in the database file: the schema and every row of every table.
+fn dump(path: &Path) -> Vec<String> {
+    let conn = raw(path);
+    let mut out: Vec<String> = conn
+        .prepare("SELECT type || ' ' || name || ' ' || coalesce(sql, '') FROM sqlite_schema ORDER BY name")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for table in tables {
+        let mut stmt = conn.prepare(&format!("SELECT * FROM \"{table}\"")).unwrap();
+        let width = stmt.column_count();
+        let rows: Vec<String> = stmt
+            .query_map([], |row| {
+                Ok((0..width)
+                    .map(|i| format!("{:?}", row.get_ref(i).unwrap()))
+                    .collect::<Vec<_>>()
+                    .join("|"))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        out.push(format!("{table}: {rows:?}"));
+    }
+    out
+}
+
+const NULL_EXECUTED: &str = "CREATE TABLE migrations (id INTEGER PRIMARY KEY, name TEXT, description TEXT, executed BOOLEAN);
+     INSERT INTO migrations VALUES (1, 'a', 'x', NULL), (2, 'b', 'y', 1);";
+
+/// An original table whose `executed` allowed NULL holds rows whose state
+/// would be a guess: `prepare` refuses them, naming the rows and changing
+/// nothing, until the configuration says what NULL means.
 #[tokio::test]
-async fn a_null_executed_is_adopted_as_pending() {
+async fn null_executed_rows_need_an_explicit_choice() {
     let (store, dir) = fresh_store().await;
-    raw(&db_path(&dir))
+    let path = db_path(&dir);
+    raw(&path).execute_batch(NULL_EXECUTED).unwrap();
+    let before = dump(&path);
+    let plan = store.plan_prepare().await.unwrap();
+    assert_eq!(plan.ambiguous.null_executed, [id(1)]);
+    assert!(
+        plan.refusal
+            .as_deref()
+            .is_some_and(|r| r.contains("executed is NULL for 1")),
+        "{plan:?}"
+    );
+    let err = store.prepare().await.unwrap_err();
+    let source = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<waymark_core::store::AmbiguousRowsRefused>())
+        .unwrap_or_else(|| panic!("expected AmbiguousRowsRefused, got {err:?}"));
+    assert_eq!(source.rows.null_executed, [id(1)]);
+    assert!(
+        waymark_core::error_chain(&err).contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(dump(&path), before, "a refusal changes nothing");
+    store.close().await.unwrap();
+
+    for (choice, executed) in [
+        (NullExecuted::Pending, false),
+        (NullExecuted::Executed, true),
+    ] {
+        let copy = dir.path().join(format!("{choice:?}.db"));
+        raw(&copy).execute_batch(NULL_EXECUTED).unwrap();
+        let config =
+            SqliteConfig::file(&copy).adoption(AdoptionChoices::new().null_executed(choice));
+        let store = SqliteStore::open_with(config).await.unwrap();
+        store.prepare().await.unwrap();
+        let rows = store.list().await.unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.executed).collect::<Vec<_>>(),
+            [executed, true],
+            "{choice:?}"
+        );
+    }
+}
+
+/// An `executed_at` without an offset (SQLite's `CURRENT_TIMESTAMP`, what
+/// the original app's DateTime column held) is read as UTC by reads, and
+/// rewritten as RFC 3339 by `prepare` only when the configuration says it
+/// is UTC; otherwise `prepare` refuses and changes nothing.
+#[tokio::test]
+async fn legacy_timestamps_need_an_explicit_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    raw(&path)
         .execute_batch(
-            "CREATE TABLE migrations (id INTEGER PRIMARY KEY, name TEXT, description TEXT, executed BOOLEAN);
-             INSERT INTO migrations VALUES (1, 'a', 'x', NULL), (2, 'b', 'y', 1);",
+            "CREATE TABLE migrations (id INTEGER PRIMARY KEY, name TEXT, description TEXT, \
+             executed BOOLEAN NOT NULL DEFAULT 0, executed_at DATETIME);
+             INSERT INTO migrations VALUES (1, 'a', 'x', 1, '2024-05-01 10:00:00'), (2, 'b', 'y', 0, NULL);",
         )
         .unwrap();
-    store.prepare().await.unwrap();
-    let rows = store.list().await.unwrap();
-    assert_eq!(
-        rows.iter().map(|r| r.executed).collect::<Vec<_>>(),
-        [false, true]
+    let before = dump(&path);
+    let store = SqliteStore::open(&path).await.unwrap();
+    let err = store.prepare().await.unwrap_err();
+    assert!(
+        waymark_core::error_chain(&err).contains("executed_at is not RFC 3339 for 1"),
+        "{err}"
     );
-    assert_eq!(store.pending().await.unwrap()[0].id, id(1));
+    assert_eq!(dump(&path), before, "a refusal changes nothing");
+    store.close().await.unwrap();
+
+    let config =
+        SqliteConfig::file(&path).adoption(AdoptionChoices::new().legacy_timestamps_are_utc());
+    let store = SqliteStore::open_with(config).await.unwrap();
+    store.prepare().await.unwrap();
+    let row = store.get(id(1)).await.unwrap();
+    let at = row.executed_at.expect("kept");
+    assert_eq!((at.hour(), at.minute()), (10, 0));
+    let stored: String = raw(&path)
+        .query_row("SELECT executed_at FROM migrations WHERE id = 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(stored, "2024-05-01T10:00:00.000000Z");
+}
+
+/// A mistyped table name where the database holds a tracking table under
+/// another name is refused before anything runs, instead of starting from
+/// an empty table; allowing a second table is explicit.
+#[tokio::test]
+async fn a_wrong_table_name_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    raw(&path).execute_batch(ORIGINAL).unwrap();
+    let before = dump(&path);
+    let store = SqliteStore::open_with(SqliteConfig::file(&path).table("data_migrations"))
+        .await
+        .unwrap();
+    let plan = store.plan_prepare().await.unwrap();
+    assert!(plan.create && plan.refusal.is_some(), "{plan:?}");
+    let err = store.prepare().await.unwrap_err();
+    let message = waymark_core::error_chain(&err);
+    assert!(
+        message.contains("\"migrations\"") && message.contains("nothing was changed"),
+        "{message}"
+    );
+    assert_eq!(dump(&path), before);
+    store.close().await.unwrap();
+    let allowed = SqliteConfig::file(&path)
+        .table("data_migrations")
+        .allow_second_table(true);
+    let store = SqliteStore::open_with(allowed).await.unwrap();
+    store.prepare().await.unwrap();
+    assert!(store.list().await.unwrap().is_empty());
 }
 
 /// The configured table name is used everywhere, and another table in the

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use waymark_core::store::{
-    LockGuard, LockRequest, RowChange, check_unique_ids, name_conflict, now_utc,
+    LockGuard, LockRequest, PreparePlan, RowChange, check_unique_ids, name_conflict, now_utc,
 };
 use waymark_core::{Error, Migration, MigrationDef, MigrationId, MigrationStore};
 
@@ -31,9 +31,24 @@ impl MigrationStore for PostgresStore {
                     return Ok(());
                 }
                 let tx = conn.transaction().await?;
-                schema::prepare(&tx, schema, sql).await?;
+                schema::prepare(&tx, schema, sql, self.adoption()).await?;
                 tx.commit().await?;
                 Ok(())
+            }),
+        )
+        .await
+    }
+
+    async fn plan_prepare(&self) -> Result<PreparePlan, Error> {
+        let schema = self.schema();
+        let sql = self.statements();
+        let choices = self.adoption();
+        self.call(
+            "planning the preparation",
+            Retry::Once,
+            body!(|conn| {
+                let client: &deadpool_postgres::Client = &conn;
+                Ok(schema::plan(client, schema, sql, choices).await?)
             }),
         )
         .await
@@ -233,5 +248,15 @@ impl MigrationStore for PostgresStore {
                 timed_out(Limit::Lock, limit, "no answer from the server"),
             )),
         }
+    }
+}
+
+impl PostgresStore {
+    /// The explicit choices for ambiguous rows of an adopted table.
+    // Until the configuration carries them: no choice, so such rows are refused.
+    fn adoption(&self) -> &waymark_core::store::AdoptionChoices {
+        static NONE: std::sync::LazyLock<waymark_core::store::AdoptionChoices> =
+            std::sync::LazyLock::new(waymark_core::store::AdoptionChoices::new);
+        &NONE
     }
 }

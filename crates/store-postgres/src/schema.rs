@@ -14,21 +14,18 @@
 //! own column types.
 
 use deadpool_postgres::{GenericClient, Transaction};
-use waymark_core::{Error, IncompatibleTable};
+use waymark_core::store::{
+    AddedColumn, AdoptionChoices, AmbiguousRows, AmbiguousRowsRefused, FoundColumn, FoundTable,
+    NullExecuted, PreparePlan, TableChange, TypeClass, plan_table,
+};
+use waymark_core::{Error, IncompatibleTable, MigrationId};
 
 use crate::error::Failure;
 use crate::lock::PREPARE_KEY;
 use crate::sql::PgStatements as Statements;
 
-/// The columns waymark adds to the original four, with their definitions.
-const ADDED_COLUMNS: [(&str, &str); 4] = [
-    ("executed_at", "TIMESTAMPTZ"),
-    ("attempts", "INTEGER NOT NULL DEFAULT 0"),
-    ("last_error", "TEXT"),
-    ("checkpoint", "TEXT"),
-];
-
-/// Column comments, in the spirit of the original table's.
+/// Column comments of a table waymark creates. An adopted table keeps the
+/// application's own comments: waymark never comments what it did not create.
 const COMMENTS: [(&str, &str); 8] = [
     (
         "id",
@@ -63,49 +60,133 @@ struct Found {
     fingerprints: bool,
     pending_index: bool,
     id_unique: bool,
-    /// `(name, type, not null)` of each column of the table.
-    columns: Vec<(String, String, bool)>,
+    columns: Vec<FoundColumn>,
+    /// Ids of rows whose `executed` is NULL (read only when it allows NULL).
+    null_executed: Vec<MigrationId>,
+    /// Ids of rows whose name is longer than a definition allows.
+    long_names: Vec<MigrationId>,
 }
 
 impl Found {
-    fn column(&self, name: &str) -> Option<(&str, bool)> {
-        self.columns
-            .iter()
-            .find(|(column, _, _)| column == name)
-            .map(|(_, kind, not_null)| (kind.as_str(), *not_null))
+    fn shape(&self, sql: &Statements) -> FoundTable {
+        FoundTable {
+            table: sql.display.clone(),
+            columns: self.columns.clone(),
+            id_unique: self.id_unique,
+        }
     }
 
-    fn complete(&self) -> bool {
+    fn column(&self, name: &str) -> Option<&FoundColumn> {
+        self.columns.iter().find(|column| column.name == name)
+    }
+
+    /// Nothing left to do: the steady state of every start but the first.
+    fn complete(&self, sql: &Statements) -> bool {
         self.table
             && self.fingerprints
             && self.pending_index
-            && self.id_unique
-            && self.column("id").is_some_and(|(kind, _)| kind == "bigint")
-            && self
-                .column("executed")
-                .is_some_and(|(_, not_null)| not_null)
-            && ["name", "description"]
-                .iter()
-                .chain(ADDED_COLUMNS.iter().map(|(name, _)| name))
-                .all(|name| self.column(name).is_some())
+            && self.null_executed.is_empty()
+            && plan_table(&self.shape(sql), false).is_ok_and(|changes| changes.is_empty())
+            && executed_is_boolean(self, &sql.display).is_ok()
     }
 }
 
-/// Brings the table up to date inside `tx` (which the caller commits).
+/// What the catalog's type name holds, as far as waymark cares. A
+/// `timestamp without time zone` is not a point in time: refused.
+fn class(declared: &str) -> TypeClass {
+    match declared {
+        "smallint" | "integer" | "bigint" => TypeClass::Integer,
+        "boolean" => TypeClass::Boolean,
+        "text" => TypeClass::Text,
+        "timestamp with time zone" => TypeClass::Timestamp,
+        other if other.starts_with("character varying") || other.starts_with("character(") => {
+            TypeClass::Text
+        }
+        _ => TypeClass::Other,
+    }
+}
+
+/// PostgreSQL's `NOT executed` needs a boolean (SQLite's 0/1 integers are
+/// fine there, not here).
+fn executed_is_boolean(found: &Found, table: &str) -> Result<(), IncompatibleTable> {
+    match found.column("executed") {
+        Some(column) if column.class != TypeClass::Boolean => Err(IncompatibleTable::new(
+            table,
+            Some("executed"),
+            format!(
+                "is declared {:?}; waymark needs a boolean type on PostgreSQL \
+                 (rename the column, or configure another table name)",
+                column.declared
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Brings the table up to date inside `tx` (which the caller commits), or
+/// refuses before changing anything.
 pub(crate) async fn prepare(
     tx: &Transaction<'_>,
     schema: &str,
     sql: &Statements,
+    choices: &AdoptionChoices,
 ) -> Result<(), Failure> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PREPARE_KEY])
         .await?;
     let found = inspect(tx, schema, sql).await?;
-    if found.complete() {
+    if found.complete(sql) {
         return Ok(());
     }
-    let ddl = plan(&found, schema, sql)?;
-    tx.batch_execute(&ddl).await?;
+    let ddl = ddl(&found, schema, sql, choices)?;
+    tx.batch_execute(&ddl.join(";\n")).await?;
+    if !ddl.is_empty() {
+        tracing::info!(table = %sql.display, steps = ddl.len(), "prepared the migration table");
+    }
     Ok(())
+}
+
+/// What [`prepare`] would do, read without changing anything.
+pub(crate) async fn plan<C: GenericClient>(
+    client: &C,
+    schema: &str,
+    sql: &Statements,
+    choices: &AdoptionChoices,
+) -> Result<PreparePlan, tokio_postgres::Error> {
+    let found = inspect(client, schema, sql).await?;
+    let mut plan = PreparePlan::new(sql.display.clone());
+    plan.create = !found.table;
+    plan.ambiguous = AmbiguousRows {
+        null_executed: found.null_executed.clone(),
+        legacy_timestamps: Vec::new(),
+        long_names: found.long_names.clone(),
+    };
+    if found.table {
+        match adoption(&found, sql) {
+            Ok(changes) => plan.changes = changes,
+            Err(refused) => plan.refusal = Some(refused.to_string()),
+        }
+        if plan.refusal.is_none() && plan.ambiguous.needs_choice(choices) {
+            plan.refusal = Some(
+                AmbiguousRowsRefused {
+                    table: sql.display.clone(),
+                    rows: plan.ambiguous.clone(),
+                }
+                .to_string(),
+            );
+        }
+    }
+    if !found.schema {
+        plan.side_objects.push(format!("schema {schema}"));
+    }
+    if !found.fingerprints {
+        plan.side_objects
+            .push(format!("table {}_fingerprints", sql.display));
+    }
+    if !found.pending_index {
+        plan.side_objects
+            .push(format!("index {}", sql.pending_index.trim_matches('"')));
+    }
+    Ok(plan)
 }
 
 /// Whether the table and its companions are complete, read without a
@@ -117,7 +198,7 @@ pub(crate) async fn is_complete(
     schema: &str,
     sql: &Statements,
 ) -> Result<bool, tokio_postgres::Error> {
-    Ok(inspect(client, schema, sql).await?.complete())
+    Ok(inspect(client, schema, sql).await?.complete(sql))
 }
 
 async fn inspect<C: GenericClient>(
@@ -151,36 +232,137 @@ async fn inspect<C: GenericClient>(
         fingerprints: row.get(2),
         pending_index: row.get(3),
         id_unique: row.get(4),
-        columns: Vec::new(),
+        ..Found::default()
     };
-    if found.table {
-        let statement = tx
-            .prepare_cached(
-                "SELECT attname::TEXT, format_type(atttypid, atttypmod), attnotnull \
-                 FROM pg_attribute \
-                 WHERE attrelid = to_regclass($1::TEXT) AND attnum > 0 AND NOT attisdropped",
-            )
-            .await?;
-        found.columns = tx
-            .query(&statement, &[&sql.table])
-            .await?
-            .iter()
-            .map(|row| (row.get(0), row.get(1), row.get(2)))
-            .collect();
+    if !found.table {
+        return Ok(found);
+    }
+    let statement = tx
+        .prepare_cached(
+            "SELECT attname::TEXT, format_type(atttypid, atttypmod), attnotnull, atthasdef \
+             FROM pg_attribute \
+             WHERE attrelid = to_regclass($1::TEXT) AND attnum > 0 AND NOT attisdropped \
+             ORDER BY attnum",
+        )
+        .await?;
+    found.columns = tx
+        .query(&statement, &[&sql.table])
+        .await?
+        .iter()
+        .map(|row| {
+            let declared: String = row.get(1);
+            let mut column =
+                FoundColumn::new(row.get::<_, String>(0), &*declared, class(&declared));
+            if row.get(2) {
+                column = column.not_null();
+            }
+            if row.get(3) {
+                column = column.with_default();
+            }
+            column
+        })
+        .collect();
+    let readable_id = found
+        .column("id")
+        .is_some_and(|column| column.class == TypeClass::Integer);
+    let nullable_flag = found
+        .column("executed")
+        .is_some_and(|column| column.class == TypeClass::Boolean && !column.not_null);
+    if readable_id && nullable_flag {
+        let nulls = format!(
+            "SELECT id::BIGINT FROM {} WHERE executed IS NULL ORDER BY id",
+            sql.table
+        );
+        found.null_executed = ids(tx.query(&nulls, &[]).await?);
+    }
+    if readable_id
+        && found
+            .column("name")
+            .is_some_and(|c| c.class == TypeClass::Text)
+    {
+        let long = format!(
+            "SELECT id::BIGINT FROM {} WHERE char_length(name) > {} ORDER BY id",
+            sql.table,
+            waymark_core::MAX_NAME_CHARS
+        );
+        found.long_names = ids(tx.query(&long, &[]).await?);
     }
     Ok(found)
 }
 
-/// The DDL that brings what was found up to date, as one script.
-fn plan(found: &Found, schema: &str, sql: &Statements) -> Result<String, Error> {
+fn ids(rows: Vec<tokio_postgres::Row>) -> Vec<MigrationId> {
+    rows.iter()
+        .filter_map(|row| MigrationId::new(row.get(0)).ok())
+        .collect()
+}
+
+/// What an existing table needs, or why it cannot be adopted.
+fn adoption(found: &Found, sql: &Statements) -> Result<Vec<TableChange>, IncompatibleTable> {
+    let shape = found.shape(sql);
+    let changes = plan_table(&shape, false)?;
+    executed_is_boolean(found, &sql.display)?;
+    Ok(changes)
+}
+
+/// The statements that bring what was found up to date. Refuses before
+/// anything runs: an incompatible table, rows whose state would be a guess.
+fn ddl(
+    found: &Found,
+    schema: &str,
+    sql: &Statements,
+    choices: &AdoptionChoices,
+) -> Result<Vec<String>, Error> {
     let t = &sql.table;
+    let refuse = |source: Box<dyn std::error::Error + Send + Sync>| {
+        Error::store(
+            format!("preparing the tracking table {}", sql.display),
+            source,
+        )
+    };
     let mut ddl = Vec::new();
-    if !found.schema {
-        ddl.push(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""));
-    }
     if found.table {
-        ddl.extend(adopt(found, sql)?);
+        let changes = adoption(found, sql).map_err(|refused| refuse(refused.into()))?;
+        let ambiguous = AmbiguousRows {
+            null_executed: found.null_executed.clone(),
+            ..AmbiguousRows::default()
+        };
+        if ambiguous.needs_choice(choices) {
+            return Err(refuse(
+                AmbiguousRowsRefused {
+                    table: sql.display.clone(),
+                    rows: ambiguous,
+                }
+                .into(),
+            ));
+        }
+        for change in changes {
+            let TableChange::Add(column) = change else {
+                continue;
+            };
+            let definition = match column {
+                AddedColumn::Description => "TEXT NOT NULL DEFAULT ''",
+                AddedColumn::ExecutedAt => "TIMESTAMPTZ",
+                AddedColumn::Attempts => "INTEGER NOT NULL DEFAULT 0",
+                _ => "TEXT",
+            };
+            ddl.push(format!(
+                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {} {definition}",
+                column.name()
+            ));
+        }
+        if !found.null_executed.is_empty() {
+            let value = match choices.null_executed {
+                Some(NullExecuted::Executed) => "TRUE",
+                _ => "FALSE",
+            };
+            ddl.push(format!(
+                "UPDATE {t} SET executed = {value} WHERE executed IS NULL"
+            ));
+        }
     } else {
+        if !found.schema {
+            ddl.push(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""));
+        }
         ddl.push(format!(
             "CREATE TABLE IF NOT EXISTS {t} (\
                id BIGINT PRIMARY KEY, \
@@ -192,100 +374,31 @@ fn plan(found: &Found, schema: &str, sql: &Statements) -> Result<String, Error> 
                last_error TEXT, \
                checkpoint TEXT)"
         ));
-    }
-    ddl.push(format!(
-        "CREATE TABLE IF NOT EXISTS {} (\
-           fingerprint TEXT PRIMARY KEY, \
-           registered_at TIMESTAMPTZ NOT NULL)",
-        sql.fingerprints
-    ));
-    ddl.push(format!(
-        "COMMENT ON TABLE {} IS 'Sets of migration definitions registered with waymark: \
-         a start-up that registers a known set with nothing pending has nothing to do'",
-        sql.fingerprints
-    ));
-    ddl.push(format!(
-        "CREATE INDEX IF NOT EXISTS {} ON {t} (id) WHERE NOT executed",
-        sql.pending_index
-    ));
-    ddl.push(format!(
-        "COMMENT ON TABLE {t} IS 'One-time data migrations tracked by waymark'"
-    ));
-    for (column, comment) in COMMENTS {
-        ddl.push(format!("COMMENT ON COLUMN {t}.{column} IS '{comment}'"));
-    }
-    Ok(ddl.join(";\n"))
-}
-
-/// The DDL that upgrades an existing table in place, keeping every row.
-/// The error for a table `prepare` refuses, the same type on every backend.
-fn incompatible(sql: &Statements, column: Option<&str>, problem: String) -> Error {
-    Error::store(
-        format!("preparing the tracking table {}", sql.display),
-        IncompatibleTable::new(sql.display.clone(), column, problem),
-    )
-}
-
-/// A table that lacks the original columns is someone else's: refused.
-fn adopt(found: &Found, sql: &Statements) -> Result<Vec<String>, Error> {
-    let t = &sql.table;
-    let missing: Vec<&str> = ["id", "name", "executed"]
-        .into_iter()
-        .filter(|name| found.column(name).is_none())
-        .collect();
-    if !missing.is_empty() {
-        return Err(incompatible(
-            sql,
-            Some(missing[0]),
-            format!(
-                "is missing: this is not a migrations table (it has no {} column); \
-                 configure another table name",
-                missing.join(", ")
-            ),
-        ));
-    }
-    let mut ddl = Vec::new();
-    match found.column("id").map(|(kind, _)| kind) {
-        Some("bigint") => {}
-        Some("smallint" | "integer") => {
-            ddl.push(format!("ALTER TABLE {t} ALTER COLUMN id TYPE BIGINT"));
-        }
-        Some(other) => {
-            return Err(incompatible(
-                sql,
-                Some("id"),
-                format!("is {other}, not an integer; configure another table name"),
-            ));
-        }
-        None => unreachable!("checked above"),
-    }
-    if !found.id_unique {
-        ddl.push(format!("ALTER TABLE {t} ADD PRIMARY KEY (id)"));
-    }
-    if found.column("description").is_none() {
         ddl.push(format!(
-            "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS description TEXT NOT NULL DEFAULT ''"
+            "COMMENT ON TABLE {t} IS 'One-time data migrations tracked by waymark'"
         ));
+        for (column, comment) in COMMENTS {
+            ddl.push(format!("COMMENT ON COLUMN {t}.{column} IS '{comment}'"));
+        }
     }
-    if found
-        .column("executed")
-        .is_some_and(|(_, not_null)| !not_null)
-    {
-        // The original allowed NULL; a row never marked executed is pending.
+    if !found.fingerprints {
         ddl.push(format!(
-            "UPDATE {t} SET executed = FALSE WHERE executed IS NULL"
+            "CREATE TABLE IF NOT EXISTS {} (\
+               fingerprint TEXT PRIMARY KEY, \
+               registered_at TIMESTAMPTZ NOT NULL)",
+            sql.fingerprints
         ));
         ddl.push(format!(
-            "ALTER TABLE {t} ALTER COLUMN executed SET DEFAULT FALSE, \
-             ALTER COLUMN executed SET NOT NULL"
+            "COMMENT ON TABLE {} IS 'Sets of migration definitions registered with waymark: \
+             a start-up that registers a known set with nothing pending has nothing to do'",
+            sql.fingerprints
         ));
     }
-    for (column, definition) in ADDED_COLUMNS {
-        if found.column(column).is_none() {
-            ddl.push(format!(
-                "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {column} {definition}"
-            ));
-        }
+    if !found.pending_index {
+        ddl.push(format!(
+            "CREATE INDEX IF NOT EXISTS {} ON {t} (id) WHERE NOT executed",
+            sql.pending_index
+        ));
     }
     Ok(ddl)
 }
@@ -299,14 +412,18 @@ mod tests {
             schema: true,
             table: true,
             columns: vec![
-                ("id".into(), "integer".into(), true),
-                ("name".into(), "character varying(250)".into(), false),
-                (
-                    "description".into(),
-                    "character varying(2500)".into(),
-                    false,
+                FoundColumn::new("id", "integer", TypeClass::Integer).not_null(),
+                FoundColumn::new(
+                    "name",
+                    "character varying(250)",
+                    class("character varying(250)"),
                 ),
-                ("executed".into(), "boolean".into(), false),
+                FoundColumn::new(
+                    "description",
+                    "character varying(2500)",
+                    class("character varying(2500)"),
+                ),
+                FoundColumn::new("executed", "boolean", TypeClass::Boolean),
             ],
             id_unique: true,
             ..Found::default()
@@ -314,53 +431,100 @@ mod tests {
     }
 
     #[test]
-    fn the_original_table_is_upgraded_in_place() {
+    fn the_original_table_gains_columns_and_nothing_else() {
         let sql = Statements::new("public", "migrations");
-        let ddl = plan(&original(), "public", &sql).unwrap();
-        assert!(!ddl.contains("CREATE TABLE IF NOT EXISTS \"public\".\"migrations\" ("));
-        assert!(!ddl.contains("CREATE SCHEMA"));
+        let ddl = ddl(&original(), "public", &sql, &AdoptionChoices::new())
+            .unwrap()
+            .join(";\n");
         for expected in [
-            "ALTER COLUMN id TYPE BIGINT",
-            "SET executed = FALSE WHERE executed IS NULL",
+            "ADD COLUMN IF NOT EXISTS executed_at TIMESTAMPTZ",
             "ADD COLUMN IF NOT EXISTS attempts INTEGER NOT NULL DEFAULT 0",
             "ADD COLUMN IF NOT EXISTS checkpoint TEXT",
             "CREATE INDEX IF NOT EXISTS \"migrations_pending_idx\"",
-            "COMMENT ON COLUMN \"public\".\"migrations\".executed",
         ] {
             assert!(ddl.contains(expected), "{expected} missing from\n{ddl}");
         }
+        for never in [
+            "ALTER COLUMN",
+            "COMMENT ON COLUMN",
+            "ADD PRIMARY KEY",
+            "CREATE TABLE IF NOT EXISTS \"public\".\"migrations\" (",
+        ] {
+            assert!(!ddl.contains(never), "{never} in\n{ddl}");
+        }
+    }
+
+    #[test]
+    fn null_executed_rows_need_a_choice() {
+        let sql = Statements::new("public", "migrations");
+        let mut found = original();
+        found.null_executed = vec![MigrationId::new(3).unwrap()];
+        let err = ddl(&found, "public", &sql, &AdoptionChoices::new()).unwrap_err();
+        let source = std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<AmbiguousRowsRefused>())
+            .expect("an AmbiguousRowsRefused source");
+        assert_eq!(source.rows.null_executed, [MigrationId::new(3).unwrap()]);
+        let chosen = AdoptionChoices::new().null_executed(NullExecuted::Executed);
+        let ddl = ddl(&found, "public", &sql, &chosen).unwrap().join(";\n");
+        assert!(
+            ddl.contains("SET executed = TRUE WHERE executed IS NULL"),
+            "{ddl}"
+        );
     }
 
     #[test]
     fn a_foreign_table_is_refused() {
         let sql = Statements::new("public", "migrations");
         let mut found = original();
-        found.columns.retain(|(name, _, _)| name != "executed");
-        let err = plan(&found, "public", &sql).unwrap_err();
+        found.columns.retain(|column| column.name != "executed");
+        let err = ddl(&found, "public", &sql, &AdoptionChoices::new()).unwrap_err();
         assert!(
             matches!(&err, Error::Store { .. } if waymark_core::error_chain(&err).contains("column \"executed\"")),
             "{err:?}"
         );
+        for (column, declared) in [("id", "uuid"), ("executed", "integer")] {
+            let mut found = original();
+            let at = found.columns.iter().position(|c| c.name == column).unwrap();
+            found.columns[at] = FoundColumn::new(column, declared, class(declared));
+            let err = ddl(&found, "public", &sql, &AdoptionChoices::new()).unwrap_err();
+            let source = std::error::Error::source(&err)
+                .and_then(|s| s.downcast_ref::<IncompatibleTable>())
+                .expect("an IncompatibleTable source");
+            assert_eq!(source.column.as_deref(), Some(column));
+        }
         let mut found = original();
-        found.columns[0].1 = "uuid".into();
-        let err = plan(&found, "public", &sql).unwrap_err();
-        let source = std::error::Error::source(&err)
-            .and_then(|s| s.downcast_ref::<IncompatibleTable>())
-            .expect("an IncompatibleTable source");
-        assert_eq!(source.column.as_deref(), Some("id"));
+        found
+            .columns
+            .push(FoundColumn::new("attempts", "text", TypeClass::Text));
+        assert!(ddl(&found, "public", &sql, &AdoptionChoices::new()).is_err());
+        let mut found = original();
+        found
+            .columns
+            .push(FoundColumn::new("owner_id", "integer", TypeClass::Integer).not_null());
+        assert!(ddl(&found, "public", &sql, &AdoptionChoices::new()).is_err());
+        let mut found = original();
+        found.id_unique = false;
+        assert!(ddl(&found, "public", &sql, &AdoptionChoices::new()).is_err());
     }
 
     #[test]
     fn a_complete_table_needs_nothing() {
+        let sql = Statements::new("public", "migrations");
         let mut found = original();
-        found.columns[0].1 = "bigint".into();
-        found.columns[3].2 = true;
-        for (name, _) in ADDED_COLUMNS {
-            found.columns.push((name.into(), "text".into(), false));
+        for (name, declared) in [
+            ("executed_at", "timestamp with time zone"),
+            ("attempts", "integer"),
+            ("last_error", "text"),
+            ("checkpoint", "text"),
+        ] {
+            found
+                .columns
+                .push(FoundColumn::new(name, declared, class(declared)));
         }
-        assert!(!found.complete());
+        assert!(!found.complete(&sql));
         found.fingerprints = true;
         found.pending_index = true;
-        assert!(found.complete());
+        assert!(found.complete(&sql));
+        assert_eq!(class("timestamp without time zone"), TypeClass::Other);
     }
 }

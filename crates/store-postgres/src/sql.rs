@@ -42,7 +42,9 @@ impl PgStatements {
                  ORDER BY u.id \
                  ON CONFLICT (id) DO NOTHING"
             ),
-            names: format!("SELECT id, name FROM {t} WHERE id = ANY($1::BIGINT[]) ORDER BY id"),
+            names: format!(
+                "SELECT id::BIGINT, COALESCE(name, '') FROM {t} WHERE id = ANY($1::BIGINT[]) ORDER BY id"
+            ),
             registered: format!(
                 "SELECT EXISTS (SELECT 1 FROM {fp} WHERE fingerprint = $3) \
                  AND (SELECT COUNT(*) FROM {t} AS t \

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use waymark_core::Error;
+use waymark_core::store::AdoptionChoices;
 
 /// The busy timeout used unless [`SqliteConfig::busy_timeout`] sets another.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,6 +53,8 @@ pub struct SqliteConfig {
     pub(crate) table: String,
     pub(crate) busy_timeout: Duration,
     pub(crate) read_only: bool,
+    pub(crate) adoption: AdoptionChoices,
+    pub(crate) allow_second_table: bool,
 }
 
 impl SqliteConfig {
@@ -77,6 +80,8 @@ impl SqliteConfig {
             table: DEFAULT_TABLE.to_owned(),
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             read_only: false,
+            adoption: AdoptionChoices::new(),
+            allow_second_table: false,
         }
     }
 
@@ -104,6 +109,26 @@ impl SqliteConfig {
     /// is opened read-only even without this, whoever the user is.
     pub fn read_only(mut self, read_only: bool) -> Self {
         self.read_only = read_only;
+        self
+    }
+
+    /// The explicit choices for rows of an adopted table whose state would
+    /// otherwise be a guess (a NULL `executed`, an `executed_at` without an
+    /// offset). Without them `prepare` refuses such a table and changes
+    /// nothing; [`plan_prepare`](waymark_core::MigrationStore::plan_prepare)
+    /// lists the rows.
+    pub fn adoption(mut self, choices: AdoptionChoices) -> Self {
+        self.adoption = choices;
+        self
+    }
+
+    /// Lets `prepare` create this tracking table although the database
+    /// already holds another one (a table with `id`, `name` and `executed`
+    /// columns, such as `migrations` when this store is configured for
+    /// `data_migrations`). Off by default: a mistyped table name would
+    /// otherwise start from an empty table and run every migration again.
+    pub fn allow_second_table(mut self, allow: bool) -> Self {
+        self.allow_second_table = allow;
         self
     }
 

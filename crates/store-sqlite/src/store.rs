@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::Connection;
 use waymark_core::store::{
-    InFlight, LockGuard, LockInfo, LockRequest, RowChange, check_unique_ids,
+    InFlight, LockGuard, LockInfo, LockRequest, PreparePlan, RowChange, check_unique_ids,
 };
 use waymark_core::{Error, Migration, MigrationDef, MigrationId, MigrationStore};
 
@@ -182,7 +182,7 @@ impl SqliteStore {
             busy_timeout: config.busy_timeout,
         };
         let opened = open(&config, &site)?;
-        Ok(Self::assemble(opened, site, &config.table))
+        Ok(Self::assemble(opened, site, &config))
     }
 
     /// A store on the application's own connection: the store writes
@@ -256,16 +256,20 @@ impl SqliteStore {
             reader,
             read_only,
         };
-        Ok(Self::assemble(opened, site, &config.table))
+        Ok(Self::assemble(opened, site, &config))
     }
 
-    fn assemble(opened: crate::open::Opened, site: Site, table: &str) -> Self {
+    fn assemble(opened: crate::open::Opened, site: Site, config: &SqliteConfig) -> Self {
+        let table = &config.table;
+        let mut target = Target::new(site, table);
+        target.adoption = config.adoption;
+        target.allow_second_table = config.allow_second_table;
         Self {
             inner: Arc::new(Inner {
                 conn: Mutex::new(opened.conn),
                 reader: opened.reader.map(Mutex::new),
-                run_lock: RunLock::new(&site.location, table),
-                target: Target::new(site, table),
+                run_lock: RunLock::new(&target.site.location, table),
+                target,
                 read_only: opened.read_only,
                 in_flight: InFlight::new(),
             }),
@@ -485,6 +489,10 @@ impl MigrationStore for SqliteStore {
 
     async fn lock(&self, request: &LockRequest) -> Result<LockGuard, Error> {
         self.inner.run_lock.acquire(request).await
+    }
+
+    async fn plan_prepare(&self) -> Result<PreparePlan, Error> {
+        self.read(schema::plan_prepare).await
     }
 
     async fn lock_or_wait(&self, request: &LockRequest) -> Result<Option<LockGuard>, Error> {

@@ -17,6 +17,10 @@ pub(crate) struct Target {
     pub(crate) sql: Statements,
     /// `"<table>_pending"`: the partial index behind the pending query.
     pub(crate) pending_index_sql: String,
+    /// The explicit choices for ambiguous rows of an adopted table.
+    pub(crate) adoption: waymark_core::store::AdoptionChoices,
+    /// Whether `prepare` may create the table beside another tracking table.
+    pub(crate) allow_second_table: bool,
 }
 
 impl Target {
@@ -32,6 +36,8 @@ impl Target {
                 &format!("\"{name}_fingerprints\""),
             ),
             pending_index_sql: format!("\"{name}_pending\""),
+            adoption: waymark_core::store::AdoptionChoices::new(),
+            allow_second_table: false,
         }
     }
 

@@ -19,6 +19,11 @@ pub(crate) fn format(at: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
+/// Whether `text` is RFC 3339 (what waymark writes), not a legacy form.
+pub(crate) fn is_rfc3339(text: &str) -> bool {
+    OffsetDateTime::parse(text, &Rfc3339).is_ok()
+}
+
 /// SQLite's own `datetime('now')` and SQLAlchemy's `DateTime` form, in UTC:
 /// what an adopted table's `executed_at` holds.
 const SQL_TEXT: &[BorrowedFormatItem<'static>] = format_description!(

@@ -83,7 +83,8 @@ pub struct FoundTable {
 }
 
 impl FoundTable {
-    fn column(&self, name: &str) -> Option<&FoundColumn> {
+    /// The column called `name` (case-insensitively, as SQL compares names).
+    pub fn column(&self, name: &str) -> Option<&FoundColumn> {
         self.columns
             .iter()
             .find(|column| column.name.eq_ignore_ascii_case(name))

@@ -81,6 +81,12 @@ impl Statements {
     pub fn new(dialect: Dialect, table: &str, fingerprints: &str) -> Self {
         let p = |n| dialect.param(n);
         let (p1, p2, p3) = (p(1), p(2), p(3));
+        // An adopted table's id may be INTEGER: the id parameter is BIGINT
+        // whatever the column, so one Rust type binds on every table.
+        let id = match dialect {
+            Dialect::Sqlite => p1.clone(),
+            Dialect::Postgres => format!("{p1}::BIGINT"),
+        };
         let (columns, pending, executed, not_executed, next_attempt) = match dialect {
             Dialect::Sqlite => (
                 "id, coalesce(name, ''), coalesce(description, ''), coalesce(executed, 0) <> 0, \
@@ -91,8 +97,9 @@ impl Statements {
                 "attempts = min(attempts + 1, 2147483647)",
             ),
             Dialect::Postgres => (
-                "id, COALESCE(name, '') AS name, COALESCE(description, '') AS description, \
-                 executed, executed_at, attempts, last_error, checkpoint",
+                "id::BIGINT AS id, COALESCE(name, '') AS name, \
+                 COALESCE(description, '') AS description, executed, executed_at, \
+                 attempts::INTEGER AS attempts, last_error, checkpoint",
                 "NOT executed",
                 "TRUE",
                 "FALSE",
@@ -109,45 +116,45 @@ impl Statements {
             columns,
             list: format!("SELECT {columns} FROM {t} ORDER BY id"),
             pending: format!("SELECT {columns} FROM {t} WHERE {pending} ORDER BY id"),
-            get: format!("SELECT {columns} FROM {t} WHERE id = {p1}"),
+            get: format!("SELECT {columns} FROM {t} WHERE id = {id}"),
             // The first completion keeps its time: marking again is a no-op.
             mark_executed: format!(
                 "UPDATE {t} SET executed_at = CASE WHEN {pending} THEN {p2} ELSE executed_at END, \
-                 executed = {executed}, checkpoint = NULL WHERE id = {p1}"
+                 executed = {executed}, checkpoint = NULL WHERE id = {id}"
             ),
             mark_pending: format!(
-                "UPDATE {t} SET executed = {not_executed}, executed_at = NULL WHERE id = {p1}"
+                "UPDATE {t} SET executed = {not_executed}, executed_at = NULL WHERE id = {id}"
             ),
-            record_success: format!("UPDATE {t} SET {success} WHERE id = {p1}"),
+            record_success: format!("UPDATE {t} SET {success} WHERE id = {id}"),
             record_failure: format!(
-                "UPDATE {t} SET {next_attempt}, last_error = {p2} WHERE id = {p1}"
+                "UPDATE {t} SET {next_attempt}, last_error = {p2} WHERE id = {id}"
             ),
-            save_checkpoint: format!("UPDATE {t} SET checkpoint = {p2} WHERE id = {p1}"),
+            save_checkpoint: format!("UPDATE {t} SET checkpoint = {p2} WHERE id = {id}"),
             // One round trip; the partial index on pending rows answers the NOT EXISTS.
             is_settled: format!(
                 "SELECT EXISTS (SELECT 1 FROM {fp} WHERE fingerprint = {p1}) \
                  AND NOT EXISTS (SELECT 1 FROM {t} WHERE {pending})"
             ),
-            name_of: format!("SELECT name FROM {t} WHERE id = {p1}"),
+            name_of: format!("SELECT name FROM {t} WHERE id = {id}"),
             known_set: format!("SELECT 1 FROM {fp} WHERE fingerprint = {p1}"),
             insert: format!(
                 "INSERT INTO {t} (id, name, description, executed, attempts) \
-                 VALUES ({p1}, {p2}, {p3}, {not_executed}, 0) ON CONFLICT (id) DO NOTHING"
+                 VALUES ({id}, {p2}, {p3}, {not_executed}, 0) ON CONFLICT (id) DO NOTHING"
             ),
             insert_fingerprint: format!(
                 "INSERT INTO {fp} (fingerprint, registered_at) VALUES ({p1}, {p2}) \
                  ON CONFLICT (fingerprint) DO NOTHING"
             ),
-            claim_success: format!("UPDATE {t} SET {success} WHERE id = {p1} AND {pending}"),
+            claim_success: format!("UPDATE {t} SET {success} WHERE id = {id} AND {pending}"),
             claim_last_batch: format!(
-                "UPDATE {t} SET {success} WHERE id = {p1} AND {pending} \
+                "UPDATE {t} SET {success} WHERE id = {id} AND {pending} \
                  AND checkpoint IS NOT DISTINCT FROM {p3}"
             ),
             claim_batch: format!(
-                "UPDATE {t} SET checkpoint = {p2} WHERE id = {p1} AND {pending} \
+                "UPDATE {t} SET checkpoint = {p2} WHERE id = {id} AND {pending} \
                  AND checkpoint IS NOT DISTINCT FROM {p3}"
             ),
-            state: format!("SELECT executed, checkpoint FROM {t} WHERE id = {p1}"),
+            state: format!("SELECT executed, checkpoint FROM {t} WHERE id = {id}"),
             table: t.to_owned(),
             fingerprints: fp.to_owned(),
         }
@@ -195,7 +202,10 @@ mod tests {
             "UPDATE \"m\" SET checkpoint = ?2 WHERE id = ?1 AND executed = 0 \
              AND checkpoint IS NOT DISTINCT FROM ?3"
         );
-        assert!(pg.claim_success.ends_with("WHERE id = $1 AND NOT executed"));
+        assert!(
+            pg.claim_success
+                .ends_with("WHERE id = $1::BIGINT AND NOT executed")
+        );
         assert!(pg.is_settled.contains("fingerprint = $1"));
     }
 }
