@@ -85,6 +85,37 @@ async fn lap_changes(admin: &tokio_postgres::Client) -> Vec<i32> {
 }
 
 /// `(column, type, not null)` of every column of `public.migrations`.
+/// Everything about `public.migrations`: its columns with their comments,
+/// its constraints, and every row.
+async fn migrations_state(admin: &tokio_postgres::Client) -> (Vec<String>, String) {
+    let columns: Vec<String> = admin
+        .query(
+            "SELECT a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' ' || a.attnotnull \
+                    || ' ' || coalesce(col_description(a.attrelid, a.attnum), '-') \
+             FROM pg_attribute a \
+             WHERE a.attrelid = 'public.migrations'::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+             UNION ALL SELECT 'constraint ' || conname FROM pg_constraint \
+             WHERE conrelid = 'public.migrations'::regclass \
+             UNION ALL SELECT 'table ' || coalesce(obj_description('public.migrations'::regclass), '-') \
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let rows: String = admin
+        .query_one(
+            "SELECT coalesce(json_agg(m ORDER BY id)::TEXT, '') FROM public.migrations m",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    (columns, rows)
+}
+
 async fn migrations_columns(admin: &tokio_postgres::Client) -> Vec<(String, String, bool)> {
     admin
         .query(
@@ -248,8 +279,37 @@ async fn a_four_column_table_is_adopted_with_its_rows_intact() {
         )
         .await
         .unwrap();
+    admin
+        .batch_execute("COMMENT ON COLUMN migrations.name IS 'the app''s own comment'")
+        .await
+        .unwrap();
     let store = db.store().await;
     assert!(!store.is_settled("anything").await.unwrap());
+    // Row 3's state would be a guess: refused, nothing changed.
+    let before = migrations_state(&admin).await;
+    let err = store.prepare().await.unwrap_err();
+    let refused = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<waymark_core::store::AmbiguousRowsRefused>())
+        .unwrap_or_else(|| panic!("expected AmbiguousRowsRefused, got {err:?}"));
+    assert_eq!(refused.rows.null_executed, [id(3)]);
+    assert_eq!(
+        migrations_state(&admin).await,
+        before,
+        "a refusal changes nothing"
+    );
+    let plan = store.plan_prepare().await.unwrap();
+    assert_eq!(plan.ambiguous.null_executed, [id(3)]);
+    assert!(plan.refusal.is_some(), "{plan:?}");
+    assert_eq!(
+        migrations_state(&admin).await,
+        before,
+        "a plan changes nothing"
+    );
+    // The operator's explicit choice for row 3: never ran, so pending.
+    admin
+        .batch_execute("UPDATE migrations SET executed = FALSE WHERE executed IS NULL")
+        .await
+        .unwrap();
     store.prepare().await.unwrap();
 
     let rows = store.list().await.unwrap();
@@ -326,7 +386,19 @@ async fn a_four_column_table_is_adopted_with_its_rows_intact() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(kind, "bigint");
+    assert_eq!(
+        kind, "integer",
+        "the application's id column is kept as it is"
+    );
+    let comment: Option<String> = admin
+        .query_one(
+            "SELECT col_description('public.migrations'::regclass, 2)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(comment.as_deref(), Some("the app's own comment"));
     // Code that knows only the four columns can still insert rows.
     admin
         .execute(
@@ -376,8 +448,11 @@ async fn reads_of_a_four_column_table_before_prepare_are_not_initialised_and_cha
     assert!(store.get(id(1)).await.unwrap().executed);
 }
 
+/// A four-column table without a key on id cannot take waymark's
+/// `ON CONFLICT (id)`: refused with the fix, and left exactly as it was
+/// (waymark adds no key to the application's table).
 #[tokio::test]
-async fn a_four_column_table_without_a_primary_key_gets_one() {
+async fn a_four_column_table_without_a_primary_key_is_refused_and_left_unchanged() {
     let db = fresh_database().await;
     let admin = db.admin().await;
     admin
@@ -387,16 +462,75 @@ async fn a_four_column_table_without_a_primary_key_gets_one() {
         )
         .await
         .unwrap();
+    let before = migrations_state(&admin).await;
     let store = db.store().await;
-    store.prepare().await.unwrap();
-    let rows = store.list().await.unwrap();
-    assert_eq!(rows.len(), 2);
-    assert!(rows[0].executed && !rows[1].executed);
-    store
-        .register(&[def(8, "eight"), def(9, "nine")])
-        .await
-        .unwrap();
-    assert_eq!(store.pending().await.unwrap().len(), 2);
+    let err = store.prepare().await.unwrap_err();
+    let refused = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<waymark_core::IncompatibleTable>())
+        .unwrap_or_else(|| panic!("expected IncompatibleTable, got {err:?}"));
+    assert_eq!(refused.column.as_deref(), Some("id"));
+    assert!(
+        waymark_core::error_chain(&err).contains("add a primary key on id"),
+        "{err}"
+    );
+    assert_eq!(migrations_state(&admin).await, before);
+}
+
+/// Tables PostgreSQL used to alter and then fail on at every start are
+/// refused, naming the column, with the database unchanged.
+#[tokio::test]
+async fn tables_waymark_cannot_use_are_refused_and_left_unchanged() {
+    let original = "CREATE TABLE migrations (id SERIAL PRIMARY KEY, name VARCHAR(250) NOT NULL, \
+                    description VARCHAR(2500), executed BOOLEAN DEFAULT FALSE)";
+    for (extra, column) in [
+        (
+            "ALTER TABLE migrations ADD COLUMN owner_id INTEGER NOT NULL",
+            "owner_id",
+        ),
+        (
+            "ALTER TABLE migrations ADD COLUMN attempts TEXT",
+            "attempts",
+        ),
+        (
+            "ALTER TABLE migrations ADD COLUMN executed_at TEXT",
+            "executed_at",
+        ),
+        (
+            "ALTER TABLE migrations ADD COLUMN executed_at TIMESTAMP",
+            "executed_at",
+        ),
+        (
+            "ALTER TABLE migrations ALTER COLUMN executed DROP DEFAULT, ALTER COLUMN executed TYPE INTEGER USING executed::INTEGER",
+            "executed",
+        ),
+        ("ALTER TABLE migrations ALTER COLUMN id TYPE TEXT", "id"),
+    ] {
+        let db = fresh_database().await;
+        let admin = db.admin().await;
+        admin
+            .batch_execute(&format!(
+                "{original}; {extra}; INSERT INTO migrations (id, name, executed{}) VALUES (1, 'one', {}{});",
+                if column == "owner_id" { ", owner_id" } else { "" },
+                if column == "executed" { "1" } else { "TRUE" },
+                if column == "owner_id" { ", 5" } else { "" },
+            ))
+            .await
+            .unwrap();
+        let before = migrations_state(&admin).await;
+        let store = db.store().await;
+        let err = store.prepare().await.unwrap_err();
+        let refused = std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<waymark_core::IncompatibleTable>())
+            .unwrap_or_else(|| panic!("{extra}: expected IncompatibleTable, got {err:?}"));
+        assert_eq!(refused.column.as_deref(), Some(column), "{extra}");
+        assert_eq!(
+            migrations_state(&admin).await,
+            before,
+            "{extra}: nothing changed"
+        );
+        let plan = store.plan_prepare().await.unwrap();
+        assert!(plan.refusal.is_some(), "{extra}: {plan:?}");
+    }
 }
 
 #[tokio::test]

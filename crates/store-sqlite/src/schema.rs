@@ -413,9 +413,11 @@ fn class(declared: &str) -> TypeClass {
     let upper = declared.to_ascii_uppercase();
     if upper.contains("INT") {
         TypeClass::Integer
-    } else if ["CHAR", "CLOB", "TEXT"].iter().any(|t| upper.contains(t)) {
-        TypeClass::Text
-    } else if upper.contains("BLOB") || upper.trim().is_empty() {
+    } else if ["CHAR", "CLOB", "TEXT", "BLOB"]
+        .iter()
+        .any(|t| upper.contains(t))
+        || upper.trim().is_empty()
+    {
         TypeClass::Text
     } else if ["REAL", "FLOA", "DOUB"].iter().any(|t| upper.contains(t)) {
         TypeClass::Other
