@@ -7,15 +7,10 @@ use waymark::render::StatusTable;
 use waymark::{Error, Migration, MigrationDef, MigrationId, MigrationStore};
 
 use crate::args::Command;
+use crate::redact::scrub;
 
 /// The exit code of `pending` when some migrations are pending.
 pub const EXIT_PENDING: u8 = 3;
-
-/// Whether `command` may create a missing SQLite file: `init`, and
-/// `register`, which prepares the table anyway.
-pub fn creates_database(command: &Command) -> bool {
-    matches!(command, Command::Init | Command::Register { .. })
-}
 
 /// Runs `command` against `store`, writing its output to `out`.
 pub async fn run(
@@ -44,6 +39,7 @@ pub async fn run(
                 .get(MigrationId::new(id)?)
                 .await
                 .map_err(uninitialised_hint)?;
+            let row = shown(&row);
             if json {
                 print_json(out, &row)?;
             } else {
@@ -93,12 +89,25 @@ async fn known_ids(store: &dyn MigrationStore, raw: &[i64]) -> Result<Vec<Migrat
     Ok(ids)
 }
 
+/// `row` as it may be shown: its text fields scrubbed of any password the
+/// command line holds (a handler's error may have recorded one).
+fn shown(row: &Migration) -> Migration {
+    let mut row = row.clone();
+    row.name = scrub(&row.name);
+    row.description = scrub(&row.description);
+    row.last_error = row.last_error.as_deref().map(scrub);
+    row.checkpoint = row.checkpoint.as_deref().map(scrub);
+    row
+}
+
 fn print_rows(
     out: &mut dyn Write,
     rows: &[Migration],
     json: bool,
     empty: &str,
 ) -> Result<(), Error> {
+    let rows: Vec<Migration> = rows.iter().map(shown).collect();
+    let rows = rows.as_slice();
     if json {
         return print_json(out, rows);
     }

@@ -40,13 +40,20 @@ fn database_url_comes_from_the_environment() {
     assert!(path.exists());
 }
 
+/// An in-memory database starts empty and is gone when the command ends:
+/// no command could show or change anything, so it is refused.
 #[test]
-fn in_memory_database_works_for_one_command() {
-    waymark("sqlite::memory:", &["init"]).expect(0);
-    assert_eq!(
-        waymark("sqlite::memory:", &["pending"]).expect(0).stdout,
-        "nothing pending\n"
-    );
+fn in_memory_databases_are_refused() {
+    for url in [
+        "sqlite::memory:",
+        "sqlite://:memory:",
+        "sqlite:app.db?mode=memory",
+    ] {
+        for args in [&["init"][..], &["pending"]] {
+            let err = waymark(url, args).expect(1).stderr;
+            assert!(err.contains("in-memory"), "{url}: {err}");
+        }
+    }
 }
 
 #[test]
@@ -94,10 +101,14 @@ fn a_table_never_initialised_says_what_to_do() {
 
 #[test]
 fn an_invalid_table_name_is_refused() {
-    let err = waymark("sqlite::memory:", &["--table", "x; DROP TABLE y", "init"])
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let url = format!("sqlite://{}", path.display());
+    let err = waymark(&url, &["--table", "x; DROP TABLE y", "init"])
         .expect(1)
         .stderr;
     assert!(err.contains("invalid table"), "{err}");
+    assert!(!path.exists(), "nothing created");
 }
 
 #[test]

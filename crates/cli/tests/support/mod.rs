@@ -53,6 +53,20 @@ pub fn waymark_raw(args: &[&str]) -> Run {
     finish(command.output().expect("run waymark"))
 }
 
+/// Runs `waymark ARGS…` in `dir` (when given) with `DATABASE_URL` set to
+/// `env_url` (when given) and nothing else inherited from it.
+pub fn waymark_in(dir: Option<&std::path::Path>, env_url: Option<&str>, args: &[&str]) -> Run {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_waymark"));
+    command.env_remove("DATABASE_URL").args(args);
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    if let Some(url) = env_url {
+        command.env("DATABASE_URL", url);
+    }
+    finish(command.output().expect("run waymark"))
+}
+
 fn finish(output: Output) -> Run {
     Run {
         code: output.status.code().expect("exited, not killed"),
