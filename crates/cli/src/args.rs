@@ -80,7 +80,11 @@ impl fmt::Debug for Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create the tracking table, or upgrade an existing one in place.
-    Init,
+    Init {
+        /// Show what would be created or changed, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Show every tracked migration.
     Status {
         /// Print JSON instead of a table.
@@ -128,7 +132,7 @@ impl Command {
     /// The subcommand as typed.
     pub fn name(&self) -> &'static str {
         match self {
-            Self::Init => "init",
+            Self::Init { .. } => "init",
             Self::Status { .. } => "status",
             Self::Pending { .. } => "pending",
             Self::Show { .. } => "show",
@@ -142,13 +146,16 @@ impl Command {
     pub fn writes(&self) -> bool {
         !matches!(
             self,
-            Self::Status { .. } | Self::Pending { .. } | Self::Show { .. }
+            Self::Status { .. }
+                | Self::Pending { .. }
+                | Self::Show { .. }
+                | Self::Init { dry_run: true }
         )
     }
 
     /// Whether it may create a missing SQLite file: `init`, and `register`,
     /// which prepares the table anyway.
     pub fn creates_database(&self) -> bool {
-        matches!(self, Self::Init | Self::Register { .. })
+        matches!(self, Self::Init { dry_run: false } | Self::Register { .. })
     }
 }

@@ -19,26 +19,27 @@ pub async fn run(
     out: &mut dyn Write,
 ) -> Result<ExitCode, Error> {
     match command {
-        Command::Init => {
+        Command::Init { dry_run: true } => {
+            let plan = store.plan_prepare().await?;
+            write!(out, "{plan}").map_err(output_error)?;
+        }
+        Command::Init { dry_run: false } => {
             store.prepare().await?;
             writeln!(out, "tracking table ready").map_err(output_error)?;
         }
         Command::Status { json } => {
-            let rows = store.list().await.map_err(uninitialised_hint)?;
+            let rows = store.list().await?;
             print_rows(out, &rows, json, "no migrations tracked")?;
         }
         Command::Pending { json } => {
-            let rows = store.pending().await.map_err(uninitialised_hint)?;
+            let rows = store.pending().await?;
             print_rows(out, &rows, json, "nothing pending")?;
             if !rows.is_empty() {
                 return Ok(ExitCode::from(EXIT_PENDING));
             }
         }
         Command::Show { id, json } => {
-            let row = store
-                .get(MigrationId::new(id)?)
-                .await
-                .map_err(uninitialised_hint)?;
+            let row = store.get(MigrationId::new(id)?).await?;
             let row = shown(&row);
             if json {
                 print_json(out, &row)?;
@@ -156,15 +157,4 @@ fn print_json<T: serde::Serialize + ?Sized>(out: &mut dyn Write, value: &T) -> R
 
 fn output_error(error: std::io::Error) -> Error {
     Error::store("writing output", error)
-}
-
-/// Reads fail on a database never initialised; say what to do about it.
-fn uninitialised_hint(error: Error) -> Error {
-    match error {
-        Error::Store { context, source } => Error::Store {
-            context: format!("{context} (is the table initialised? run `waymark init`)"),
-            source,
-        },
-        other => other,
-    }
 }

@@ -144,3 +144,70 @@ fn usage_errors_exit_with_two() {
     assert_eq!(help.code, 0);
     assert!(help.stdout.contains("pending"));
 }
+
+/// `init --dry-run` says what `init` would do and changes nothing: on a
+/// missing table it would create, on the original four-column table it
+/// would add columns, on rows whose state is a guess it would refuse.
+#[test]
+fn init_dry_run_shows_the_plan_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    let url = format!("sqlite://{}", path.display());
+    let conn = ::waymark::sqlite::rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE migrations (id INTEGER NOT NULL, name VARCHAR(250), \
+         description VARCHAR(2500), executed BOOLEAN, PRIMARY KEY (id));
+         INSERT INTO migrations VALUES (1, 'one', '', 1), (2, 'two', '', NULL);",
+    )
+    .unwrap();
+    drop(conn);
+    let before = std::fs::read(&path).unwrap();
+    let out = waymark(&url, &["init", "--dry-run"]).expect(0).stdout;
+    assert!(
+        out.contains("refuse") && out.contains("executed is NULL for 2"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "a dry run changes nothing"
+    );
+    let created = dir.path().join("fresh.db");
+    ::waymark::sqlite::rusqlite::Connection::open(&created)
+        .unwrap()
+        .execute_batch("CREATE TABLE laps (id INTEGER PRIMARY KEY)")
+        .unwrap();
+    let url = format!("sqlite://{}", created.display());
+    let out = waymark(&url, &["init", "--dry-run"]).expect(0).stdout;
+    assert!(out.contains("would be created"), "{out}");
+    waymark(&url, &["status"]).expect(1);
+    waymark(&url, &["init"]).expect(0);
+    let out = waymark(&url, &["init", "--dry-run"]).expect(0).stdout;
+    assert!(out.contains("nothing to change"), "{out}");
+}
+
+/// `status` on a foreign SQLite file (an application's, in rollback-journal
+/// mode) says it is not initialised and leaves the file byte for byte as
+/// it was, journal mode included, with no side files.
+#[test]
+fn status_on_a_foreign_file_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    ::waymark::sqlite::rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch("CREATE TABLE laps (id INTEGER PRIMARY KEY); INSERT INTO laps VALUES (1);")
+        .unwrap();
+    let before = std::fs::read(&path).unwrap();
+    let url = format!("sqlite://{}", path.display());
+    for args in [&["status"][..], &["pending"], &["show", "1"]] {
+        let err = waymark(&url, args).expect(1).stderr;
+        assert!(err.contains("not initialised"), "{args:?}: {err}");
+        assert!(!err.contains("SELECT"), "{args:?}: {err}");
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(entries, ["app.db"], "no -wal, -shm or lock file");
+}
