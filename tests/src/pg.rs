@@ -921,6 +921,77 @@ rm -rf "$1"
             .expect("finding a free port on 127.0.0.1")
             .port()
     }
+
+    /// Creates and starts a cluster of its own as [`create`] does, set up
+    /// before its first start: each of `files` written into the data
+    /// directory (owned by the server's user, mode 0600), `conf` appended
+    /// to `postgresql.conf`, and `hba`, when given, as the whole
+    /// `pg_hba.conf`.
+    pub(super) fn create_configured(
+        conf: &str,
+        hba: Option<&str>,
+        files: &[(&str, &[u8])],
+    ) -> Cluster {
+        use std::os::unix::fs::PermissionsExt;
+        let bin = binaries();
+        let run_as = if is_root() { Some(OWNER) } else { None };
+        let dir = tempfile::Builder::new()
+            .prefix("waymark-pg-")
+            .tempdir_in(temp_root(run_as.is_some()))
+            .expect("creating the cluster's temporary directory")
+            .keep();
+        let ids = run_as.map(|_| owner_ids());
+        if let Some((uid, gid)) = ids {
+            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+                .expect("handing the cluster's directory to the postgres user");
+        }
+        // The watchdog first: whatever happens from here on is cleaned up.
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("waymark-pg-watchdog")
+            .arg(&dir)
+            .arg(bin.join("pg_ctl"))
+            .arg(run_as.unwrap_or(""))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("starting the cluster's watchdog (sh)");
+        let data = dir.join("data");
+        init(&bin, run_as, &data);
+        let write = |name: &str, contents: &[u8], mode: u32| {
+            let path = data.join(name);
+            std::fs::write(&path, contents)
+                .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .unwrap_or_else(|e| panic!("setting the mode of {}: {e}", path.display()));
+            if let Some((uid, gid)) = ids {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .unwrap_or_else(|e| panic!("handing {} to postgres: {e}", path.display()));
+            }
+        };
+        for (name, contents) in files {
+            write(name, contents, 0o600);
+        }
+        if let Some(hba) = hba {
+            write("pg_hba.conf", hba.as_bytes(), 0o600);
+        }
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .and_then(|mut file| file.write_all(format!("\n{conf}\n").as_bytes()))
+            .expect("configuring the cluster");
+        let port = launch(&bin, run_as, &dir, &data);
+        Cluster {
+            bin,
+            run_as,
+            dir,
+            port,
+            watchdog,
+        }
+    }
 }
 
 /// A cluster of its own, for a test that stops and starts the server
@@ -971,6 +1042,36 @@ impl fmt::Debug for PrivateCluster {
             .field("dir", &self.cluster.dir)
             .field("port", &self.cluster.port)
             .finish()
+    }
+}
+
+/// Clusters set up before their first start (TLS: a certificate and
+/// `ssl = on`; their own `pg_hba.conf`).
+impl PrivateCluster {
+    /// Creates and starts a cluster of its own like [`PrivateCluster::start`],
+    /// set up before its first start: each of `files` (name, contents)
+    /// written into the data directory, owned by the server's user with
+    /// mode 0600 (a certificate and its key, referred to by relative paths
+    /// such as `ssl_cert_file = 'server.crt'`), `conf` appended to
+    /// `postgresql.conf` (settings, one per line), and `hba`, when given, as
+    /// the whole `pg_hba.conf`. The server listens on 127.0.0.1; its
+    /// superuser `postgres` needs no password wherever `hba` says `trust`.
+    pub fn start_configured(conf: &str, hba: Option<&str>, files: &[(&str, &[u8])]) -> Self {
+        Self {
+            cluster: cluster::create_configured(conf, hba, files),
+        }
+    }
+
+    /// The cluster's directory, deleted with it: a place for files a test
+    /// needs as long as the cluster lives (its data directory is `data`
+    /// inside it).
+    pub fn dir(&self) -> &Path {
+        &self.cluster.dir
+    }
+
+    /// What the server has logged so far, for a failing test to show.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.cluster.dir.join("server.log")).unwrap_or_default()
     }
 }
 

@@ -6,6 +6,8 @@ use std::time::Duration;
 use tokio_postgres::config::Host;
 use waymark_core::{Error, error_chain};
 
+use crate::ssl::{self, Ssl, SslMode};
+
 /// The longest schema name PostgreSQL keeps whole (`NAMEDATALEN - 1` bytes).
 const MAX_SCHEMA_LEN: usize = 63;
 /// The longest table name: 63 bytes less the longest suffix of the names
@@ -32,8 +34,46 @@ pub const DEFAULT_POOL_SIZE: usize = 8;
 /// table, and limits so that no call waits forever.
 ///
 /// Every setting is checked when the store is built; a bad one is
-/// [`Error::Invalid`] naming it (`"url"`, `"schema"`, `"table"`,
-/// `"pool_size"`, `"connect_timeout"`, `"statement_timeout"`).
+/// [`Error::Invalid`] naming it (`"url"`, `"sslmode"`, `"sslrootcert"`,
+/// `"schema"`, `"table"`, `"pool_size"`, `"connect_timeout"`,
+/// `"statement_timeout"`).
+///
+/// # TLS
+///
+/// The connection string's `sslmode` and `sslrootcert` work as in libpq,
+/// in both forms (`postgres://u@db/app?sslmode=verify-full&sslrootcert=/etc/ca.pem`
+/// and `host=db user=u sslmode=verify-full sslrootcert=/etc/ca.pem`), with
+/// the feature `tls` (rustls; waymark's `postgres-tls`):
+///
+/// | `sslmode` | TLS | certificate checked |
+/// | --- | --- | --- |
+/// | `disable` | never | — |
+/// | `prefer` (default) | when the server offers it, plain TCP when it refuses | no |
+/// | `require` | always | no; its chain only when `sslrootcert` is given (as libpq) |
+/// | `verify-ca` | always | its chain, against the roots; not the host name |
+/// | `verify-full` | always | its chain and that it names the host |
+///
+/// The roots are the PEM file `sslrootcert` names (one or more
+/// certificates), read when the store is built (restart to pick up a new
+/// one), or the platform's trusted roots with `sslrootcert=system` (which,
+/// as in libpq, allows verify-full only and makes it the default) or when a
+/// verify mode has no `sslrootcert` (libpq would read
+/// `~/.postgresql/root.crt` instead). verify-full checks the `host` of the
+/// string: a name against the certificate's DNS names, an IP address
+/// against its IP addresses; with `hostaddr` alone, the address. Every
+/// connection of the store is made so (the pool, the lock's session), and
+/// so are cancel requests. Unix sockets never use TLS (libpq ignores
+/// `sslmode` there). `sslmode=allow`, client certificates (`sslcert`,
+/// `sslkey`) and `sslcrl` are not supported.
+///
+/// Without the feature, `disable` and `prefer` connect without TLS, and
+/// `require`, `verify-ca` and `verify-full` are refused at once, an
+/// [`Error::Invalid`] for `"sslmode"` saying that the feature is needed.
+/// A missing or unreadable `sslrootcert` (or no platform roots) is an
+/// [`Error::Invalid`] for `"sslrootcert"`; a certificate refused while
+/// connecting is an [`Error::Store`] saying why (for verify-full on a
+/// wrong host: the certificate does not match the host name). No error
+/// repeats the connection string.
 ///
 /// ```
 /// use std::time::Duration;
@@ -136,12 +176,15 @@ impl PostgresConfig {
         &self.table
     }
 
-    /// Checks every setting without connecting.
+    /// Checks every setting without connecting, the TLS settings included:
+    /// an `sslmode` this build cannot honour (no `tls` feature), and with
+    /// the feature, an `sslrootcert` that cannot be read.
     pub fn validate(&self) -> Result<(), Error> {
         self.check_names()?;
         self.check_limits()?;
         if !self.url.is_empty() {
-            self.pg_config()?;
+            let (_, ssl) = self.connection()?;
+            crate::conn::tls(&ssl)?;
         }
         Ok(())
     }
@@ -184,8 +227,19 @@ impl PostgresConfig {
 
     /// The parsed connection settings, with the store's timeouts applied.
     /// The error never repeats the URL: it may hold a password.
+    #[cfg(test)]
     pub(crate) fn pg_config(&self) -> Result<tokio_postgres::Config, Error> {
-        let mut pg: tokio_postgres::Config = self.url.parse().map_err(|e| {
+        self.connection().map(|(pg, _)| pg)
+    }
+
+    /// The parsed connection settings, with the store's timeouts applied,
+    /// and the TLS settings (`sslmode`, `sslrootcert`), which the store
+    /// reads itself: tokio-postgres gets the string without them, and the
+    /// mode it negotiates (`prefer` for `prefer`; `require` for require and
+    /// both verify modes, whose checks are the connector's).
+    pub(crate) fn connection(&self) -> Result<(tokio_postgres::Config, Ssl), Error> {
+        let ssl::Extracted { rest, mut ssl } = ssl::extract(&self.url)?;
+        let mut pg: tokio_postgres::Config = rest.parse().map_err(|e| {
             Error::invalid(
                 "url",
                 format!("not a PostgreSQL connection string: {}", error_chain(&e)),
@@ -194,6 +248,23 @@ impl PostgresConfig {
         if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
             return Err(Error::invalid("url", "names no host to connect to"));
         }
+        // PostgreSQL offers no TLS on Unix sockets, and libpq ignores
+        // sslmode there: so does the store.
+        #[cfg(unix)]
+        if pg.get_hostaddrs().is_empty()
+            && pg.get_hosts().iter().all(|h| matches!(h, Host::Unix(_)))
+        {
+            ssl.mode = SslMode::Disable;
+        }
+        // tokio-postgres starts TLS only with a host name to check: with
+        // `hostaddr` alone, the address is the name (an IP address in the
+        // certificate, for verify-full).
+        if ssl.mode != SslMode::Disable && pg.get_hosts().is_empty() {
+            for addr in pg.get_hostaddrs().to_vec() {
+                pg.host(addr.to_string());
+            }
+        }
+        pg.ssl_mode(ssl.mode.driver());
         let connect_timeout = self.effective_connect_timeout(&pg);
         pg.connect_timeout(connect_timeout);
         // No session-wide statement_timeout: atomic handlers run their own
@@ -211,7 +282,7 @@ impl PostgresConfig {
             pg.keepalives_interval(KEEPALIVES_INTERVAL);
             pg.keepalives_retries(KEEPALIVES_RETRIES);
         }
-        Ok(pg)
+        Ok((pg, ssl))
     }
 
     pub(crate) fn effective_connect_timeout(&self, pg: &tokio_postgres::Config) -> Duration {
@@ -256,13 +327,14 @@ impl Default for PostgresConfig {
 /// Never shows the URL: it may hold a password.
 impl fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let server = self
-            .url
-            .parse::<tokio_postgres::Config>()
-            .map(|pg| describe_server(&pg))
-            .unwrap_or_else(|_| "<unparsed url>".to_owned());
+        let (server, sslmode) = match self.connection() {
+            Ok((pg, ssl)) => (describe_server(&pg), ssl.mode.to_string()),
+            Err(_) if self.url.is_empty() => ("<none>".to_owned(), "-".to_owned()),
+            Err(_) => ("<unparsed url>".to_owned(), "-".to_owned()),
+        };
         f.debug_struct("PostgresConfig")
             .field("server", &server)
+            .field("sslmode", &sslmode)
             .field("schema", &self.schema)
             .field("table", &self.table)
             .field("connect_timeout", &self.connect_timeout)
@@ -384,7 +456,6 @@ mod tests {
     fn bad_urls_are_invalid_and_never_show_the_password() {
         for url in [
             "postgres://app:hunter2secret@db:notaport/app",
-            "postgres://app:hunter2secret@db/app?sslmode=sometimes",
             "postgres://app:hunter2secret@/app",
             "host=db password=hunter2secret port=x",
             "password='hunter2secret",
@@ -446,5 +517,138 @@ mod tests {
             explicit.pg_config().unwrap().get_connect_timeout(),
             Some(&Duration::from_secs(1))
         );
+    }
+
+    #[test]
+    fn ssl_parameters_are_read_by_the_store_in_both_forms() {
+        use tokio_postgres::config::SslMode as Driver;
+        for (url, mode) in [
+            ("postgres://u:pw@h/d", Driver::Prefer),
+            ("postgres://u:pw@h/d?sslmode=disable", Driver::Disable),
+            ("host=h user=u sslmode=prefer", Driver::Prefer),
+            (
+                "postgres://u:pw@h/d?sslmode=verify-full&sslrootcert=/ca.pem&application_name=a",
+                Driver::Require,
+            ),
+            (
+                "host=h user=u sslmode=verify-ca sslrootcert=/ca.pem",
+                Driver::Require,
+            ),
+            ("host=h sslmode=require", Driver::Require),
+        ] {
+            let (pg, _) = PostgresConfig::new(url).connection().unwrap();
+            assert_eq!(pg.get_ssl_mode(), mode, "{url}");
+        }
+        let (pg, ssl) = PostgresConfig::new(
+            "postgres://u:pw@h/d?sslmode=verify-full&sslrootcert=/ca.pem&application_name=a",
+        )
+        .connection()
+        .unwrap();
+        assert_eq!(ssl.mode, SslMode::VerifyFull);
+        assert_eq!(pg.get_application_name(), Some("a"));
+        assert_eq!(pg.get_password(), Some(&b"pw"[..]));
+    }
+
+    #[test]
+    fn tls_needs_a_host_name_so_hostaddr_stands_in() {
+        let (pg, _) = PostgresConfig::new("hostaddr=127.0.0.1 user=u")
+            .connection()
+            .unwrap();
+        assert_eq!(pg.get_hosts(), &[Host::Tcp("127.0.0.1".to_owned())]);
+        let (pg, _) = PostgresConfig::new("hostaddr=127.0.0.1 user=u sslmode=disable")
+            .connection()
+            .unwrap();
+        assert!(pg.get_hosts().is_empty());
+        let (pg, ssl) = PostgresConfig::new("host=/run/postgresql user=u sslmode=verify-full")
+            .connection()
+            .unwrap();
+        assert_eq!(ssl.mode, SslMode::Disable, "Unix sockets never use TLS");
+        assert_eq!(pg.get_ssl_mode(), tokio_postgres::config::SslMode::Disable);
+    }
+
+    #[test]
+    fn bad_ssl_settings_name_sslmode_and_never_show_the_password() {
+        for url in [
+            "postgres://app:hunter2secret@db/app?sslmode=sometimes",
+            "host=db password=hunter2secret sslmode=allow",
+            "host=db password=hunter2secret sslrootcert=system sslmode=require",
+        ] {
+            let err = PostgresConfig::new(url).validate().unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::Invalid {
+                        field: "sslmode",
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            assert!(!error_chain(&err).contains("hunter2"), "{err}");
+            let debug = format!("{:?}", PostgresConfig::new(url));
+            assert!(!debug.contains("hunter2"), "{debug}");
+        }
+        let debug = format!(
+            "{:?}",
+            PostgresConfig::new("postgres://u:hunter2secret@db/app?sslmode=require&sslrootcert=/x")
+        );
+        assert!(
+            debug.contains("db:5432") && debug.contains("require"),
+            "{debug}"
+        );
+        assert!(!debug.contains("hunter2"), "{debug}");
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn without_the_feature_modes_that_need_tls_are_refused_at_once() {
+        for mode in ["require", "verify-ca", "verify-full"] {
+            for url in [
+                format!("postgres://u:hunter2secret@db/app?sslmode={mode}"),
+                format!("host=db password=hunter2secret sslmode={mode} sslrootcert=/ca.pem"),
+            ] {
+                let err = PostgresConfig::new(&url).validate().unwrap_err();
+                match &err {
+                    Error::Invalid {
+                        field: "sslmode",
+                        message,
+                    } => {
+                        assert!(message.contains("`tls` feature"), "{message}")
+                    }
+                    other => panic!("{url}: {other:?}"),
+                }
+                assert!(!error_chain(&err).contains("hunter2"), "{err}");
+            }
+        }
+        for url in [
+            "postgres://u@db/app?sslmode=prefer&sslrootcert=/nonexistent.pem",
+            "host=db sslmode=disable",
+        ] {
+            assert!(PostgresConfig::new(url).validate().is_ok(), "{url}");
+        }
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn with_the_feature_root_files_are_read_when_validating() {
+        assert!(
+            PostgresConfig::new("postgres://u@db/app?sslmode=require")
+                .validate()
+                .is_ok()
+        );
+        for url in [
+            "postgres://u:hunter2secret@db/app?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            "host=db password=hunter2secret sslmode=require sslrootcert=/nonexistent/ca.pem",
+        ] {
+            let err = PostgresConfig::new(url).validate().unwrap_err();
+            match &err {
+                Error::Invalid {
+                    field: "sslrootcert",
+                    message,
+                } => assert!(message.contains("/nonexistent/ca.pem"), "{message}"),
+                other => panic!("{url}: {other:?}"),
+            }
+            assert!(!error_chain(&err).contains("hunter2"), "{err}");
+        }
     }
 }

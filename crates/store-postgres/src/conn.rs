@@ -7,14 +7,29 @@ use std::time::Duration;
 use deadpool_postgres::{ClientWrapper, Object};
 use tokio_postgres::CancelToken;
 
-/// How the store's connections reach the server: the pool it builds
-/// connects without TLS, and cancel requests go the same way. A field of
-/// [`Canceller`] (not a constant) so that a TLS connector can take its place.
+/// How the store's connections reach the server: the connector of the
+/// pool it builds, which cancel requests use too. With the `tls` feature,
+/// rustls as `sslmode` and `sslrootcert` ask (`crate::tls`).
+#[cfg(feature = "tls")]
+pub(crate) type Tls = crate::tls::MakeRustls;
+
+/// How the store's connections reach the server: without the `tls`
+/// feature, plain TCP (or a Unix socket) only; modes that need TLS are
+/// refused when the settings are read.
+#[cfg(not(feature = "tls"))]
 pub(crate) type Tls = tokio_postgres::NoTls;
 
-/// The connector of the pool the store builds.
-pub(crate) fn tls() -> Tls {
-    tokio_postgres::NoTls
+/// The connector for `ssl`; reads `sslrootcert` now.
+#[cfg(feature = "tls")]
+pub(crate) fn tls(ssl: &crate::ssl::Ssl) -> Result<Tls, waymark_core::Error> {
+    crate::tls::MakeRustls::new(ssl)
+}
+
+/// The connector for `ssl`: without the `tls` feature, none.
+#[cfg(not(feature = "tls"))]
+pub(crate) fn tls(ssl: &crate::ssl::Ssl) -> Result<Tls, waymark_core::Error> {
+    crate::ssl::check_supported(ssl.mode)?;
+    Ok(tokio_postgres::NoTls)
 }
 
 /// What is needed to ask the server to cancel a connection's statement:

@@ -38,6 +38,24 @@
 //!   dropped, its limit passed, its migration cancelled) sends the server a
 //!   cancel request before its connection closes, so no statement keeps
 //!   running and no row stays locked.
+//! - **TLS.** With the feature `tls` (waymark's `postgres-tls`), rustls on
+//!   the `ring` provider, as the connection string's `sslmode` (`disable`,
+//!   `prefer` by default, `require`, `verify-ca`, `verify-full`) and
+//!   `sslrootcert` (a PEM file, or `system`) say, in the URL and the
+//!   `key=value` form alike, for every connection the store makes: the
+//!   pool, the lock's session and cancel requests. Without the feature,
+//!   `disable` and `prefer` connect without TLS and the other modes are
+//!   refused at once. See [`PostgresConfig`]'s TLS section:
+//!
+//!   ```no_run
+//!   # async fn demo() -> Result<(), waymark_core::Error> {
+//!   let store = waymark_postgres::PostgresStore::connect(
+//!       "postgres://app@db.internal/app?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem",
+//!   )
+//!   .await?;
+//!   # Ok(())
+//!   # }
+//!   ```
 //! - **Errors.** Connection and server failures are
 //!   [`Error::Store`](waymark_core::Error::Store), naming host and port
 //!   (never the password), with the server's error and its SQLSTATE in the
@@ -79,7 +97,10 @@ mod ops;
 mod row;
 mod schema;
 mod sql;
+mod ssl;
 mod store;
+#[cfg(feature = "tls")]
+mod tls;
 
 pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE, DEFAULT_STATEMENT_TIMEOUT, PostgresConfig,

@@ -10,9 +10,10 @@ use waymark_core::Error;
 use waymark_core::store::{InFlight, LockScope};
 
 use crate::config::{PostgresConfig, describe_server};
-use crate::conn::{Canceller, tls};
+use crate::conn::{Canceller, Tls, tls};
 use crate::lock;
 use crate::sql::PgStatements;
+use crate::ssl::Ssl;
 
 /// A [`MigrationStore`](waymark_core::MigrationStore) on PostgreSQL, for servers and for applications
 /// that run several replicas against one database.
@@ -76,17 +77,25 @@ impl PostgresStore {
 
     /// Connects with `config`; see [`connect`](Self::connect).
     ///
-    /// The store's pool uses plain TCP or a Unix socket, without TLS.
+    /// Every connection of the store (its pool, the lock's session, cancel
+    /// requests) uses TLS as the URL's `sslmode` and `sslrootcert` say,
+    /// with the feature `tls`; without it, plain TCP or a Unix socket, and
+    /// modes that need TLS are refused (see [`PostgresConfig`]'s TLS
+    /// section).
     pub async fn connect_with(config: PostgresConfig) -> Result<Self, Error> {
         config.check_names()?;
         config.check_limits()?;
-        let pg = config.pg_config()?;
+        let (pg, ssl) = config.connection()?;
+        let tls = tls(&ssl)?;
         let server = describe_server(&pg);
         let connect_timeout = config.effective_connect_timeout(&pg);
         let statement_timeout = config.statement_timeout_value();
+        // A TLS connector is Clone, not Copy: written for one.
+        #[allow(clippy::clone_on_copy)]
+        let pool_tls = tls.clone();
         let manager = Manager::from_config(
             pg,
-            tls(),
+            pool_tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -99,7 +108,7 @@ impl PostgresStore {
             .wait_timeout(Some(connect_timeout.saturating_add(statement_timeout)))
             .build()
             .map_err(|e| Error::store(format!("building the pool for {server}"), e))?;
-        let store = Self::build(pool, &config, server, connect_timeout);
+        let store = Self::build(pool, &config, server, connect_timeout, tls);
         store.checkout().await?.release();
         Ok(store)
     }
@@ -118,19 +127,34 @@ impl PostgresStore {
     /// bounded by `config`'s timeouts.
     ///
     /// Cancel requests (for a statement of the store's abandoned or timed
-    /// out, see [`PostgresConfig::statement_timeout`]) are sent without TLS:
-    /// with a pool whose server requires TLS they fail, and such a statement
-    /// ends only when the server notices its connection closed.
+    /// out, see [`PostgresConfig::statement_timeout`]) negotiate TLS as the
+    /// pool's own sessions do (each session's `sslmode` goes with it). With
+    /// the feature `tls`, they use TLS then, checking the server's
+    /// certificate as `config`'s URL says (`sslmode`, `sslrootcert`), or not
+    /// at all without a URL. Without the feature they go without TLS: with
+    /// a server that requires TLS they fail, and such a statement ends only
+    /// when the server notices its connection closed.
     pub fn from_pool_with(pool: Pool, config: PostgresConfig) -> Result<Self, Error> {
         config.check_names()?;
         config.check_limits()?;
-        let server = if config.url().is_empty() {
-            "PostgreSQL (the application's pool)".to_owned()
+        let (server, ssl) = if config.url().is_empty() {
+            (
+                "PostgreSQL (the application's pool)".to_owned(),
+                Ssl::default(),
+            )
         } else {
-            describe_server(&config.pg_config()?)
+            let (pg, ssl) = config.connection()?;
+            (describe_server(&pg), ssl)
+        };
+        // Without the feature the URL's sslmode only describes the
+        // application's pool: the cancel requests go without TLS anyway.
+        let tls = if cfg!(feature = "tls") {
+            tls(&ssl)?
+        } else {
+            tls(&Ssl::default())?
         };
         let connect_timeout = config.connect_timeout_or_default();
-        Ok(Self::build(pool, &config, server, connect_timeout))
+        Ok(Self::build(pool, &config, server, connect_timeout, tls))
     }
 
     fn build(
@@ -138,6 +162,7 @@ impl PostgresStore {
         config: &PostgresConfig,
         server: String,
         connect_timeout: Duration,
+        tls: Tls,
     ) -> Self {
         let (schema, table) = (config.schema_name(), config.table_name());
         Self {
@@ -153,7 +178,7 @@ impl PostgresStore {
                 statement_timeout: config.statement_timeout_value(),
                 in_flight: InFlight::new(),
                 canceller: Canceller {
-                    tls: tls(),
+                    tls,
                     limit: connect_timeout,
                 },
             }),
