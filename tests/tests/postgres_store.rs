@@ -306,8 +306,9 @@ async fn a_four_column_table_is_adopted_with_its_rows_intact() {
         "a plan changes nothing"
     );
     // The operator's explicit choice for row 3: never ran, so pending.
-    admin
-        .batch_execute("UPDATE migrations SET executed = FALSE WHERE executed IS NULL")
+    let choice = waymark_core::store::AdoptionChoices::new()
+        .null_executed(waymark_core::store::NullExecuted::Pending);
+    let store = PostgresStore::connect_with(db.config().adoption(choice))
         .await
         .unwrap();
     store.prepare().await.unwrap();
@@ -818,10 +819,32 @@ async fn tables_of_two_names_in_one_database_are_independent() {
     let first = PostgresStore::connect_with(db.config().schema("app_a"))
         .await
         .unwrap();
-    let second = PostgresStore::connect_with(db.config().schema("app_b").table("jobs"))
+    let config = db.config().schema("app_b").table("jobs");
+    let second = PostgresStore::connect_with(config.clone()).await.unwrap();
+    first.prepare().await.unwrap();
+    // A second tracking table is refused unless asked for: a mistyped
+    // schema or table would start from nothing.
+    let admin = db.admin().await;
+    let refused = second.prepare().await.unwrap_err();
+    let message = waymark_core::error_chain(&refused);
+    assert!(
+        message.contains("app_a.migrations") && message.contains("nothing was changed"),
+        "{message}"
+    );
+    let schemas: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'app_b'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(schemas, 0, "nothing created");
+    let plan = second.plan_prepare().await.unwrap();
+    assert!(plan.create && plan.refusal.is_some(), "{plan:?}");
+    let second = PostgresStore::connect_with(config.allow_second_table(true))
         .await
         .unwrap();
-    first.prepare().await.unwrap();
     second.prepare().await.unwrap();
     first.register(&[def(1, "a")]).await.unwrap();
     second.register(&[def(1, "b")]).await.unwrap();

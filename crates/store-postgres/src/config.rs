@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::time::Duration;
+use waymark_core::store::AdoptionChoices;
 
 use tokio_postgres::config::Host;
 use waymark_core::{Error, error_chain};
@@ -98,6 +99,8 @@ pub struct PostgresConfig {
     connect_timeout: Option<Duration>,
     statement_timeout: Duration,
     pool_size: usize,
+    adoption: AdoptionChoices,
+    allow_second_table: bool,
 }
 
 impl PostgresConfig {
@@ -164,6 +167,33 @@ impl PostgresConfig {
     pub fn pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;
         self
+    }
+
+    /// The explicit choices for rows of an adopted table whose state would
+    /// otherwise be a guess (a NULL `executed`). Without them `prepare`
+    /// refuses such a table and changes nothing;
+    /// [`plan_prepare`](waymark_core::MigrationStore::plan_prepare) lists the rows.
+    pub fn adoption(mut self, choices: AdoptionChoices) -> Self {
+        self.adoption = choices;
+        self
+    }
+
+    /// Lets `prepare` create this tracking table although another one is
+    /// in the database (the same table name in another schema, or a table
+    /// with `id`, `name` and `executed` columns under another name). Off by
+    /// default: a mistyped table or schema would otherwise start from an
+    /// empty table and run every migration again.
+    pub fn allow_second_table(mut self, allow: bool) -> Self {
+        self.allow_second_table = allow;
+        self
+    }
+
+    pub(crate) fn adoption_choices(&self) -> AdoptionChoices {
+        self.adoption
+    }
+
+    pub(crate) fn second_table_allowed(&self) -> bool {
+        self.allow_second_table
     }
 
     /// The schema name as configured.
@@ -320,6 +350,8 @@ impl Default for PostgresConfig {
             connect_timeout: None,
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             pool_size: DEFAULT_POOL_SIZE,
+            adoption: AdoptionChoices::new(),
+            allow_second_table: false,
         }
     }
 }

@@ -31,7 +31,14 @@ impl MigrationStore for PostgresStore {
                     return Ok(());
                 }
                 let tx = conn.transaction().await?;
-                schema::prepare(&tx, schema, sql, self.adoption()).await?;
+                schema::prepare(
+                    &tx,
+                    schema,
+                    sql,
+                    self.adoption(),
+                    self.second_table_allowed(),
+                )
+                .await?;
                 tx.commit().await?;
                 Ok(())
             }),
@@ -42,13 +49,13 @@ impl MigrationStore for PostgresStore {
     async fn plan_prepare(&self) -> Result<PreparePlan, Error> {
         let schema = self.schema();
         let sql = self.statements();
-        let choices = self.adoption();
+        let (choices, allow) = (self.adoption(), self.second_table_allowed());
         self.call(
             "planning the preparation",
             Retry::Once,
             body!(|conn| {
                 let client: &deadpool_postgres::Client = &conn;
-                Ok(schema::plan(client, schema, sql, choices).await?)
+                Ok(schema::plan(client, schema, sql, choices, allow).await?)
             }),
         )
         .await
@@ -248,15 +255,5 @@ impl MigrationStore for PostgresStore {
                 timed_out(Limit::Lock, limit, "no answer from the server"),
             )),
         }
-    }
-}
-
-impl PostgresStore {
-    /// The explicit choices for ambiguous rows of an adopted table.
-    // Until the configuration carries them: no choice, so such rows are refused.
-    fn adoption(&self) -> &waymark_core::store::AdoptionChoices {
-        static NONE: std::sync::LazyLock<waymark_core::store::AdoptionChoices> =
-            std::sync::LazyLock::new(waymark_core::store::AdoptionChoices::new);
-        &NONE
     }
 }

@@ -65,6 +65,9 @@ struct Found {
     null_executed: Vec<MigrationId>,
     /// Ids of rows whose name is longer than a definition allows.
     long_names: Vec<MigrationId>,
+    /// Other tracking tables of the database, `schema.table` (looked for
+    /// only when the table does not exist).
+    others: Vec<String>,
 }
 
 impl Found {
@@ -130,6 +133,7 @@ pub(crate) async fn prepare(
     schema: &str,
     sql: &Statements,
     choices: &AdoptionChoices,
+    allow_second_table: bool,
 ) -> Result<(), Failure> {
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PREPARE_KEY])
         .await?;
@@ -137,7 +141,7 @@ pub(crate) async fn prepare(
     if found.complete(sql) {
         return Ok(());
     }
-    let ddl = ddl(&found, schema, sql, choices)?;
+    let ddl = ddl(&found, schema, sql, choices, allow_second_table)?;
     tx.batch_execute(&ddl.join(";\n")).await?;
     if !ddl.is_empty() {
         tracing::info!(table = %sql.display, steps = ddl.len(), "prepared the migration table");
@@ -151,6 +155,7 @@ pub(crate) async fn plan<C: GenericClient>(
     schema: &str,
     sql: &Statements,
     choices: &AdoptionChoices,
+    allow_second_table: bool,
 ) -> Result<PreparePlan, tokio_postgres::Error> {
     let found = inspect(client, schema, sql).await?;
     let mut plan = PreparePlan::new(sql.display.clone());
@@ -174,6 +179,9 @@ pub(crate) async fn plan<C: GenericClient>(
                 .to_string(),
             );
         }
+    }
+    if !found.table && !found.others.is_empty() && !allow_second_table {
+        plan.refusal = Some(waymark_core::error_chain(&second_table(sql, &found.others)));
     }
     if !found.schema {
         plan.side_objects.push(format!("schema {schema}"));
@@ -235,6 +243,31 @@ async fn inspect<C: GenericClient>(
         ..Found::default()
     };
     if !found.table {
+        let statement = tx
+            .prepare_cached(
+                "SELECT n.nspname || '.' || c.relname FROM pg_class c \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p') \
+                   AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                   AND n.nspname NOT LIKE 'pg\\_%' \
+                   AND (SELECT count(*) FROM pg_attribute a WHERE a.attrelid = c.oid \
+                        AND a.attnum > 0 AND NOT a.attisdropped \
+                        AND a.attname IN ('id', 'name', 'executed')) = 3 \
+                 ORDER BY c.relname = $1 DESC, 1 LIMIT 5",
+            )
+            .await?;
+        let table = sql
+            .display
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        found.others = tx
+            .query(&statement, &[&table])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
         return Ok(found);
     }
     let statement = tx
@@ -304,6 +337,21 @@ fn adoption(found: &Found, sql: &Statements) -> Result<Vec<TableChange>, Incompa
     Ok(changes)
 }
 
+/// Why `prepare` does not create the table beside another tracking table.
+fn second_table(sql: &Statements, others: &[String]) -> Error {
+    Error::store_message(
+        format!("preparing the tracking table {}", sql.display),
+        format!(
+            "{} does not exist, but the database holds the tracking table {}: creating a \
+             new one would start from nothing and run every migration again; configure \
+             that schema and table, or allow a second table \
+             (PostgresConfig::allow_second_table); nothing was changed",
+            sql.display,
+            others.join(", ")
+        ),
+    )
+}
+
 /// The statements that bring what was found up to date. Refuses before
 /// anything runs: an incompatible table, rows whose state would be a guess.
 fn ddl(
@@ -311,6 +359,7 @@ fn ddl(
     schema: &str,
     sql: &Statements,
     choices: &AdoptionChoices,
+    allow_second_table: bool,
 ) -> Result<Vec<String>, Error> {
     let t = &sql.table;
     let refuse = |source: Box<dyn std::error::Error + Send + Sync>| {
@@ -360,6 +409,9 @@ fn ddl(
             ));
         }
     } else {
+        if !found.others.is_empty() && !allow_second_table {
+            return Err(second_table(sql, &found.others));
+        }
         if !found.schema {
             ddl.push(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""));
         }
@@ -433,7 +485,7 @@ mod tests {
     #[test]
     fn the_original_table_gains_columns_and_nothing_else() {
         let sql = Statements::new("public", "migrations");
-        let ddl = ddl(&original(), "public", &sql, &AdoptionChoices::new())
+        let ddl = ddl(&original(), "public", &sql, &AdoptionChoices::new(), false)
             .unwrap()
             .join(";\n");
         for expected in [
@@ -459,13 +511,15 @@ mod tests {
         let sql = Statements::new("public", "migrations");
         let mut found = original();
         found.null_executed = vec![MigrationId::new(3).unwrap()];
-        let err = ddl(&found, "public", &sql, &AdoptionChoices::new()).unwrap_err();
+        let err = ddl(&found, "public", &sql, &AdoptionChoices::new(), false).unwrap_err();
         let source = std::error::Error::source(&err)
             .and_then(|s| s.downcast_ref::<AmbiguousRowsRefused>())
             .expect("an AmbiguousRowsRefused source");
         assert_eq!(source.rows.null_executed, [MigrationId::new(3).unwrap()]);
         let chosen = AdoptionChoices::new().null_executed(NullExecuted::Executed);
-        let ddl = ddl(&found, "public", &sql, &chosen).unwrap().join(";\n");
+        let ddl = ddl(&found, "public", &sql, &chosen, false)
+            .unwrap()
+            .join(";\n");
         assert!(
             ddl.contains("SET executed = TRUE WHERE executed IS NULL"),
             "{ddl}"
@@ -477,7 +531,7 @@ mod tests {
         let sql = Statements::new("public", "migrations");
         let mut found = original();
         found.columns.retain(|column| column.name != "executed");
-        let err = ddl(&found, "public", &sql, &AdoptionChoices::new()).unwrap_err();
+        let err = ddl(&found, "public", &sql, &AdoptionChoices::new(), false).unwrap_err();
         assert!(
             matches!(&err, Error::Store { .. } if waymark_core::error_chain(&err).contains("column \"executed\"")),
             "{err:?}"
@@ -486,7 +540,7 @@ mod tests {
             let mut found = original();
             let at = found.columns.iter().position(|c| c.name == column).unwrap();
             found.columns[at] = FoundColumn::new(column, declared, class(declared));
-            let err = ddl(&found, "public", &sql, &AdoptionChoices::new()).unwrap_err();
+            let err = ddl(&found, "public", &sql, &AdoptionChoices::new(), false).unwrap_err();
             let source = std::error::Error::source(&err)
                 .and_then(|s| s.downcast_ref::<IncompatibleTable>())
                 .expect("an IncompatibleTable source");
@@ -496,15 +550,15 @@ mod tests {
         found
             .columns
             .push(FoundColumn::new("attempts", "text", TypeClass::Text));
-        assert!(ddl(&found, "public", &sql, &AdoptionChoices::new()).is_err());
+        assert!(ddl(&found, "public", &sql, &AdoptionChoices::new(), false).is_err());
         let mut found = original();
         found
             .columns
             .push(FoundColumn::new("owner_id", "integer", TypeClass::Integer).not_null());
-        assert!(ddl(&found, "public", &sql, &AdoptionChoices::new()).is_err());
+        assert!(ddl(&found, "public", &sql, &AdoptionChoices::new(), false).is_err());
         let mut found = original();
         found.id_unique = false;
-        assert!(ddl(&found, "public", &sql, &AdoptionChoices::new()).is_err());
+        assert!(ddl(&found, "public", &sql, &AdoptionChoices::new(), false).is_err());
     }
 
     #[test]

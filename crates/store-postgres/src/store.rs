@@ -62,6 +62,10 @@ struct Inner {
     in_flight: InFlight,
     /// How cancel requests reach the server.
     canceller: Canceller,
+    /// The explicit choices for ambiguous rows of an adopted table.
+    adoption: waymark_core::store::AdoptionChoices,
+    /// Whether `prepare` may create the table beside another tracking table.
+    allow_second_table: bool,
 }
 
 impl PostgresStore {
@@ -181,6 +185,8 @@ impl PostgresStore {
                     tls,
                     limit: connect_timeout,
                 },
+                adoption: config.adoption_choices(),
+                allow_second_table: config.second_table_allowed(),
             }),
         }
     }
@@ -233,6 +239,14 @@ impl PostgresStore {
         Error::NotInitialised {
             table: self.describe_table(),
         }
+    }
+
+    pub(crate) fn adoption(&self) -> &waymark_core::store::AdoptionChoices {
+        &self.inner.adoption
+    }
+
+    pub(crate) fn second_table_allowed(&self) -> bool {
+        self.inner.allow_second_table
     }
 
     pub(crate) fn statements(&self) -> &PgStatements {
