@@ -107,6 +107,9 @@ pub use config::{
 };
 pub use error::sqlstate;
 pub use store::PostgresStore;
+/// Re-exported from core: the explicit choices for an adopted table's
+/// ambiguous rows, given to the configuration.
+pub use waymark_core::store::{AdoptionChoices, NullExecuted, PreparePlan};
 
 /// Re-exported so that applications name the same versions as the store.
 pub use deadpool_postgres;
