@@ -897,3 +897,47 @@ async fn an_applications_own_pool_can_be_used() {
         ("public", "migrations")
     );
 }
+
+/// Without a configured schema the search path decides, as for any libpq
+/// client: the schema on it that holds the table, else the first existing
+/// one; a configured schema is used as given.
+#[tokio::test]
+async fn without_a_schema_the_search_path_decides() {
+    let db = fresh_database().await;
+    let admin = db.admin().await;
+    admin
+        .batch_execute(
+            "CREATE SCHEMA app; \
+             CREATE TABLE app.migrations (id INTEGER PRIMARY KEY, name VARCHAR(250), \
+                                          description VARCHAR(2500), executed BOOLEAN NOT NULL DEFAULT FALSE); \
+             INSERT INTO app.migrations VALUES (1, 'one', '', TRUE);",
+        )
+        .await
+        .unwrap();
+    let on_path = waymark_tests::pg::url_with_options(&db, "-c search_path=app,public");
+    let store = PostgresStore::connect_with(waymark_postgres::PostgresConfig::new(on_path))
+        .await
+        .unwrap();
+    assert_eq!(store.schema(), "app");
+    store.prepare().await.unwrap();
+    assert!(store.get(id(1)).await.unwrap().executed);
+
+    // The default search path ("$user", public): the table is not on it,
+    // and `public` is where it would be created; the tracking table in
+    // `app` makes that a refusal, not an empty fresh start.
+    let default = PostgresStore::connect_with(waymark_postgres::PostgresConfig::new(db.url()))
+        .await
+        .unwrap();
+    assert_eq!(default.schema(), "public");
+    let err = default.prepare().await.unwrap_err();
+    assert!(
+        waymark_core::error_chain(&err).contains("app.migrations"),
+        "{err}"
+    );
+
+    let explicit =
+        PostgresStore::connect_with(waymark_postgres::PostgresConfig::new(db.url()).schema("app"))
+            .await
+            .unwrap();
+    assert_eq!(explicit.schema(), "app");
+}

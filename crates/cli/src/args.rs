@@ -55,9 +55,11 @@ pub struct Cli {
     #[arg(long, default_value = "migrations", global = true)]
     pub table: String,
 
-    /// The PostgreSQL schema of the tracking table.
-    #[arg(long, default_value = "public", global = true)]
-    pub schema: String,
+    /// The PostgreSQL schema of the tracking table (default: the first
+    /// schema of the server's search path that holds the table, else the
+    /// first existing one, as for any libpq client).
+    #[arg(long, global = true)]
+    pub schema: Option<String>,
 
     /// What to do.
     #[command(subcommand)]

@@ -143,20 +143,19 @@ impl Target {
     /// `mode=ro` refuses commands that write before opening anything.
     pub async fn open(
         &self,
-        schema: &str,
+        schema: Option<&str>,
         table: &str,
         command: &Command,
     ) -> Result<Arc<dyn MigrationStore>, Error> {
         Ok(match self {
             Self::Sqlite(sqlite) => Arc::new(open_sqlite(sqlite, table, command).await?),
-            Self::Postgres(postgres) => Arc::new(
-                PostgresStore::connect_with(
-                    PostgresConfig::new(postgres.connection_string())
-                        .schema(schema)
-                        .table(table),
-                )
-                .await?,
-            ),
+            Self::Postgres(postgres) => {
+                let mut config = PostgresConfig::new(postgres.connection_string()).table(table);
+                if let Some(schema) = schema {
+                    config = config.schema(schema);
+                }
+                Arc::new(PostgresStore::connect_with(config).await?)
+            }
         })
     }
 }

@@ -46,7 +46,9 @@ fn main() -> ExitCode {
 
 async fn execute(cli: Cli) -> Result<ExitCode, waymark::Error> {
     let target = Target::parse(&cli.database)?;
-    let store = target.open(&cli.schema, &cli.table, &cli.command).await?;
+    let store = target
+        .open(cli.schema.as_deref(), &cli.table, &cli.command)
+        .await?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     commands::run(cli.command, &*store, &mut out).await

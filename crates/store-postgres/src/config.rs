@@ -94,7 +94,7 @@ pub const DEFAULT_POOL_SIZE: usize = 8;
 #[derive(Clone)]
 pub struct PostgresConfig {
     url: String,
-    schema: String,
+    schema: Option<String>,
     table: String,
     connect_timeout: Option<Duration>,
     statement_timeout: Duration,
@@ -116,11 +116,20 @@ impl PostgresConfig {
         }
     }
 
-    /// The schema of the tracking table (default `public`), created by
-    /// `prepare` when missing. A plain lowercase identifier: `a-z`, `0-9`,
-    /// `_`, not starting with a digit nor with `pg_`, at most 63 bytes.
+    /// The schema of the tracking table, created by `prepare` when
+    /// missing. A plain lowercase identifier: `a-z`, `0-9`, `_`, not
+    /// starting with a digit nor with `pg_`, at most 63 bytes.
+    ///
+    /// Without it, the server's `search_path` decides, as for any libpq
+    /// client: [`PostgresStore::connect_with`](crate::PostgresStore::connect_with)
+    /// uses the first schema of the search path that holds the table, or
+    /// else the first one that exists (where an unqualified `CREATE TABLE`
+    /// would go; `public` on a default server).
+    /// [`from_pool_with`](crate::PostgresStore::from_pool_with), which
+    /// cannot ask the server before its first call, uses `public`: name the
+    /// schema there when it is another.
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
-        self.schema = schema.into();
+        self.schema = Some(schema.into());
         self
     }
 
@@ -196,9 +205,9 @@ impl PostgresConfig {
         self.allow_second_table
     }
 
-    /// The schema name as configured.
-    pub fn schema_name(&self) -> &str {
-        &self.schema
+    /// The schema name as configured; `None`: the search path decides.
+    pub fn schema_name(&self) -> Option<&str> {
+        self.schema.as_deref()
     }
 
     /// The table name as configured.
@@ -220,15 +229,14 @@ impl PostgresConfig {
     }
 
     pub(crate) fn check_names(&self) -> Result<(), Error> {
-        validate_identifier("schema", &self.schema, MAX_SCHEMA_LEN)?;
-        if self.schema.starts_with("pg_") {
-            return Err(Error::invalid(
-                "schema",
-                format!(
-                    "names starting with pg_ are reserved by PostgreSQL, got {:?}",
-                    self.schema
-                ),
-            ));
+        if let Some(schema) = &self.schema {
+            validate_identifier("schema", schema, MAX_SCHEMA_LEN)?;
+            if schema.starts_with("pg_") {
+                return Err(Error::invalid(
+                    "schema",
+                    format!("names starting with pg_ are reserved by PostgreSQL, got {schema:?}"),
+                ));
+            }
         }
         validate_identifier("table", &self.table, MAX_TABLE_LEN)
     }
@@ -345,7 +353,7 @@ impl Default for PostgresConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
-            schema: "public".to_owned(),
+            schema: None,
             table: "migrations".to_owned(),
             connect_timeout: None,
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,

@@ -68,6 +68,45 @@ struct Inner {
     allow_second_table: bool,
 }
 
+/// The schema an unqualified `table` means on this session: the first
+/// schema of the search path holding it, else the first existing one.
+async fn search_path_schema(
+    conn: &crate::conn::Conn,
+    table: &str,
+    server: &str,
+) -> Result<String, Error> {
+    let client: &deadpool_postgres::Client = conn;
+    let row = client
+        .query_one(
+            "SELECT (SELECT n.nspname::TEXT FROM pg_class c \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE c.oid = to_regclass(quote_ident($1))), \
+                    current_schema()::TEXT",
+            &[&table],
+        )
+        .await
+        .map_err(|e| crate::error::pg(format!("reading the search path at {server}"), e))?;
+    let (holding, first): (Option<String>, Option<String>) = (row.get(0), row.get(1));
+    let schema = holding.or(first).ok_or_else(|| {
+        Error::invalid(
+            "schema",
+            format!(
+                "no schema was given and the search path at {server} names no existing \
+                 schema; set PostgresConfig::schema"
+            ),
+        )
+    })?;
+    if schema.contains('"') || schema.contains('\0') {
+        return Err(Error::invalid(
+            "schema",
+            format!(
+                "the search path's schema {schema:?} cannot be quoted; set PostgresConfig::schema"
+            ),
+        ));
+    }
+    Ok(schema)
+}
+
 impl PostgresStore {
     /// Connects to the server at `url` with every other setting at its
     /// default (see [`PostgresConfig`]).
@@ -112,9 +151,31 @@ impl PostgresStore {
             .wait_timeout(Some(connect_timeout.saturating_add(statement_timeout)))
             .build()
             .map_err(|e| Error::store(format!("building the pool for {server}"), e))?;
-        let store = Self::build(pool, &config, server, connect_timeout, tls);
-        store.checkout().await?.release();
-        Ok(store)
+        let schema = config.schema_name().unwrap_or("public").to_owned();
+        let store = Self::build(
+            pool.clone(),
+            &config,
+            &schema,
+            server.clone(),
+            connect_timeout,
+            tls.clone(),
+        );
+        let conn = store.checkout().await?;
+        if config.schema_name().is_some() {
+            conn.release();
+            return Ok(store);
+        }
+        // No schema given: the search path decides, as for any libpq client.
+        let resolved = search_path_schema(&conn, config.table_name(), &server).await;
+        conn.release();
+        Ok(Self::build(
+            pool,
+            &config,
+            &resolved?,
+            server,
+            connect_timeout,
+            tls,
+        ))
     }
 
     /// Uses the application's own pool, with the default table
@@ -158,17 +219,26 @@ impl PostgresStore {
             tls(&Ssl::default())?
         };
         let connect_timeout = config.connect_timeout_or_default();
-        Ok(Self::build(pool, &config, server, connect_timeout, tls))
+        let schema = config.schema_name().unwrap_or("public").to_owned();
+        Ok(Self::build(
+            pool,
+            &config,
+            &schema,
+            server,
+            connect_timeout,
+            tls,
+        ))
     }
 
     fn build(
         pool: Pool,
         config: &PostgresConfig,
+        schema: &str,
         server: String,
         connect_timeout: Duration,
         tls: Tls,
     ) -> Self {
-        let (schema, table) = (config.schema_name(), config.table_name());
+        let table = config.table_name();
         Self {
             inner: Arc::new(Inner {
                 pool,

@@ -162,11 +162,11 @@ mod timestamp;
 
 pub use config::{DEFAULT_BUSY_TIMEOUT, DEFAULT_TABLE, MAX_TABLE_CHARS, SqliteConfig};
 pub use store::SqliteStore;
+/// Re-exported from core: the same type on every backend.
+pub use waymark_core::IncompatibleTable;
 /// Re-exported from core: the explicit choices for an adopted table's
 /// ambiguous rows, given to the configuration.
 pub use waymark_core::store::{AdoptionChoices, NullExecuted, PreparePlan};
-/// Re-exported from core: the same type on every backend.
-pub use waymark_core::IncompatibleTable;
 
 /// Re-exported so that handlers name the same rusqlite as the store.
 pub use rusqlite;
