@@ -39,14 +39,14 @@ use crate::report::RunReport;
 ///    more under it: that snapshot is the plan it executes. Replicas that
 ///    lose the race wait for the winner together
 ///    ([`lock_or_wait`](MigrationStore::lock_or_wait)) and report what it did
-///    ([`Status::AlreadyDone`]) without taking the lock.
+///    ([`Status::AlreadyDone`](crate::Status::AlreadyDone)) without taking the lock.
 /// 5. **Execute** the required migrations by ascending id. Async handlers run
 ///    on their own task, blocking ones on a blocking thread, atomic ones in
 ///    the store's transactions, so the runtime keeps serving. The
 ///    [`FailurePolicy`](crate::FailurePolicy) decides whether to go on after
 ///    a failure; pending rows this release does not declare are left pending
 ///    and reported (or fail, under [`UndeclaredPolicy::Fail`](crate::UndeclaredPolicy::Fail)).
-/// 6. **Background.** Background migrations ([`Mode::Background`]) then run
+/// 6. **Background.** Background migrations ([`Mode::Background`](waymark_core::Mode::Background)) then run
 ///    on a task of their own, under a separate lock, while the application
 ///    serves; the returned [`Started`] reports them.
 ///

@@ -107,8 +107,8 @@ pub mod error {
 /// SQL backends, and helpers ([`waymark_core::store`]), and with the
 /// `testkit` feature the conformance suites every backend runs.
 ///
-/// A backend implements [`MigrationStore`](crate::MigrationStore) with
-/// [`async_trait`] and runs the suites with
+/// A backend implements [`MigrationStore`] with
+/// [`store::async_trait`] and runs the suites with
 /// `waymark::store::store_conformance_tests!(fresh)` and, for a store with
 /// transactions, `waymark::store::atomic_conformance_tests!(Store, fresh)`.
 pub mod store {
