@@ -384,3 +384,49 @@ async fn processes_adopting_the_original_table_at_once_all_succeed() {
     assert!(store.get(id(1)).await.unwrap().executed);
     assert_eq!(store.get(id(1)).await.unwrap().description, "old");
 }
+
+/// Tables core's check refuses are refused with the column named, by
+/// `prepare` and by the plan alike, and left exactly as they were: a
+/// foreign `migrations` table (Laravel's), waymark's nullable columns
+/// declared NOT NULL, `executed_at` values that are no time at all (even
+/// with the legacy-timestamp choice made).
+#[tokio::test]
+async fn tables_waymark_cannot_use_are_refused_by_plan_and_prepare_unchanged() {
+    let cases = [
+        (
+            "CREATE TABLE migrations (id INTEGER PRIMARY KEY, migration TEXT NOT NULL, batch INTEGER NOT NULL);
+             INSERT INTO migrations VALUES (1, '2014_10_12_create_users', 1);",
+            "name",
+        ),
+        (
+            "CREATE TABLE migrations (id INTEGER PRIMARY KEY, name TEXT, description TEXT, executed BOOLEAN NOT NULL,
+                                      checkpoint TEXT NOT NULL DEFAULT '');
+             INSERT INTO migrations VALUES (1, 'a', '', 0, '');",
+            "checkpoint",
+        ),
+        (
+            "CREATE TABLE migrations (id INTEGER PRIMARY KEY, name TEXT, description TEXT, executed BOOLEAN NOT NULL,
+                                      executed_at DATETIME);
+             INSERT INTO migrations VALUES (1, 'a', '', 1, 'yesterday'), (2, 'b', '', 1, 1714557600);",
+            "executed_at",
+        ),
+    ];
+    for (ddl, column) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.db");
+        raw(&path).execute_batch(ddl).unwrap();
+        let before = dump(&path);
+        let config =
+            SqliteConfig::file(&path).adoption(AdoptionChoices::new().legacy_timestamps_are_utc());
+        let store = SqliteStore::open_with(config).await.unwrap();
+        let plan = store.plan_prepare().await.unwrap();
+        assert!(plan.refusal.is_some(), "{column}: {plan:?}");
+        let err = store.prepare().await.unwrap_err();
+        let refused = std::error::Error::source(&err)
+            .and_then(|s| s.downcast_ref::<waymark_core::IncompatibleTable>())
+            .unwrap_or_else(|| panic!("{column}: expected IncompatibleTable, got {err:?}"));
+        assert_eq!(refused.column.as_deref(), Some(column), "{err}");
+        store.close().await.unwrap();
+        assert_eq!(dump(&path), before, "{column}: nothing changed");
+    }
+}

@@ -750,3 +750,37 @@ async fn a_task_the_handler_waits_for_gets_busy_after_the_busy_timeout() {
     assert_eq!(store.get(id(2)).await.unwrap().checkpoint, None);
     assert_eq!(paths(&dir)[0], "/tracks/a");
 }
+
+/// An in-memory store has one connection: a task the handler spawns and
+/// waits for that reads through the store gets `Busy` after the busy
+/// timeout instead of waiting for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_in_memory_read_from_a_task_the_handler_waits_for_gets_busy() {
+    let config = SqliteConfig::in_memory().busy_timeout(Duration::from_millis(200));
+    let store = SqliteStore::open_with(config).await.unwrap();
+    store.prepare().await.unwrap();
+    store.register(&[def()]).await.unwrap();
+    let work = {
+        let store = store.clone();
+        atomic_fn(move |_tx, ctx: &MigrationContext<()>| {
+            let task = {
+                let store = store.clone();
+                ctx.runtime()
+                    .spawn(async move { store.list().await.map(drop) })
+            };
+            let read = ctx
+                .runtime()
+                .block_on(tokio::time::timeout(NO_HANG, task))
+                .map_err(|_| "the task waited for good")??;
+            match read {
+                Err(Error::Busy { .. }) => Ok(()),
+                other => Err(format!("expected Busy, got {other:?}").into()),
+            }
+        })
+    };
+    store
+        .execute_atomic(work, context_of(&store, 1).await)
+        .await
+        .unwrap();
+    assert!(store.get(id(1)).await.unwrap().executed);
+}

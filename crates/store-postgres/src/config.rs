@@ -133,8 +133,8 @@ impl PostgresConfig {
         self
     }
 
-    /// The tracking table (default `migrations`). A plain lowercase
-    /// identifier of at most 50 bytes: the store also creates
+    /// The tracking table (default `migrations`). A plain identifier
+    /// (ASCII letters, case kept, digits, `_`) of at most 50 bytes: the store also creates
     /// `<table>_fingerprints` and the index `<table>_pending_idx`.
     pub fn table(mut self, table: impl Into<String>) -> Self {
         self.table = table.into();
@@ -384,18 +384,11 @@ impl fmt::Debug for PostgresConfig {
     }
 }
 
-/// A plain identifier (core's rule), and lowercase: PostgreSQL folds
-/// unquoted names to lowercase, so a mixed-case table would be a different
-/// table for every tool that does not quote it.
+/// A plain identifier (core's rule). Mixed case is kept as written: waymark
+/// always quotes names, so `Migrations` is the table an application created
+/// as `"Migrations"` (tools that do not quote would fold it to lowercase).
 fn validate_identifier(field: &'static str, name: &str, max_len: usize) -> Result<(), Error> {
-    waymark_core::store::validate_identifier(field, name, max_len)?;
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        return Err(Error::invalid(
-            field,
-            format!("must be lowercase (PostgreSQL folds unquoted names), got {name:?}"),
-        ));
-    }
-    Ok(())
+    waymark_core::store::validate_identifier(field, name, max_len)
 }
 
 /// `host:port` of every server the settings name, and the database; never

@@ -231,6 +231,7 @@ fn claim(
 struct Running {
     handle: Mutex<Option<InterruptHandle>>,
     interrupted: AtomicBool,
+    ended: AtomicBool,
 }
 
 impl Running {
@@ -248,12 +249,15 @@ impl Running {
     /// interrupt can never reach another call's statement.
     fn stop(&self) {
         *self.slot() = None;
+        self.ended.store(true, Ordering::SeqCst);
     }
 
     /// Interrupts the transaction's statement, if it still runs.
+    /// A transaction not started yet then does not start.
     fn interrupt(&self) {
-        if let Some(handle) = self.slot().as_ref() {
-            self.interrupted.store(true, Ordering::SeqCst);
+        let slot = self.slot();
+        self.interrupted.store(true, Ordering::SeqCst);
+        if let Some(handle) = slot.as_ref() {
             handle.interrupt();
         }
     }
@@ -261,14 +265,38 @@ impl Running {
     fn was_interrupted(&self) -> bool {
         self.interrupted.load(Ordering::SeqCst)
     }
+
+    /// Whether the transaction has started and not yet ended (or not
+    /// started yet: the blocking task may still be waiting for the connection).
+    fn is_running(&self) -> bool {
+        !self.ended.load(Ordering::SeqCst)
+    }
 }
 
-/// Interrupts the transaction when the future driving it is dropped.
+/// Interrupts the transaction when the future driving it is dropped, and
+/// goes on interrupting (on a thread of its own: the future is gone) until
+/// the transaction has ended, for a handler that runs statement after
+/// statement. Work outside SQLite cannot be interrupted.
 struct InterruptOnDrop(Arc<Running>);
 
 impl Drop for InterruptOnDrop {
     fn drop(&mut self) {
+        if !self.0.is_running() {
+            return;
+        }
         self.0.interrupt();
+        let running = Arc::clone(&self.0);
+        let spawned = std::thread::Builder::new()
+            .name("waymark-interrupt".into())
+            .spawn(move || {
+                while running.is_running() {
+                    std::thread::sleep(INTERRUPT_AGAIN);
+                    running.interrupt();
+                }
+            });
+        if let Err(err) = spawned {
+            tracing::warn!(error = %err, "could not keep interrupting an abandoned transaction");
+        }
     }
 }
 
@@ -354,11 +382,18 @@ impl SqliteStore {
     ) -> Ended<J::Out> {
         let target = &self.inner.target;
         let id = ctx.id();
+        let cancelled = || running.was_interrupted() || ctx.is_cancelled();
+        if cancelled() {
+            return Ended::Done(Err(AtomicError::Failed(Cancelled.into())));
+        }
         let tx = match sql::begin(conn, target, &format!("running migration {id}")) {
             Ok(tx) => tx,
+            // An interrupt that landed on BEGIN is the cancellation, not a failure.
+            Err(_) if cancelled() => {
+                return Ended::Done(Err(AtomicError::Failed(Cancelled.into())));
+            }
             Err(e) => return Ended::Done(Err(e.into())),
         };
-        let cancelled = || running.was_interrupted() || ctx.is_cancelled();
         let out = match catch_unwind(AssertUnwindSafe(|| job.run(&tx, ctx))) {
             Err(panic) => {
                 rollback(tx, id);
@@ -386,11 +421,14 @@ impl SqliteStore {
         }
         if let Err(e) = job.record(&tx, target, id, &out) {
             rollback(tx, id);
+            if cancelled() && !matches!(e, AtomicError::Superseded(_)) {
+                return Ended::Done(Err(AtomicError::Failed(Cancelled.into())));
+            }
             return Ended::Done(Err(e));
         }
         Ended::Done(match tx.commit() {
             Ok(()) => Ok(out),
-            Err(e) if is_interrupt(&e) => Err(AtomicError::Failed(Cancelled.into())),
+            Err(e) if is_interrupt(&e) || cancelled() => Err(AtomicError::Failed(Cancelled.into())),
             Err(e) => Err(target
                 .site
                 .error(format_args!("committing migration {id}"), e)

@@ -66,7 +66,7 @@ pub(crate) fn configure(conn: &Connection, site: &Site) -> Result<(), Error> {
         .map_err(site.err("setting the busy timeout"))?;
     // SQLite reads the header lazily. Read it now, before any statement that
     // could write, so a file that is not a database is refused untouched.
-    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |row| {
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| {
         row.get::<_, i64>(0)
     })
     .map_err(site.err("reading the database header"))?;

@@ -72,7 +72,7 @@ pub(crate) fn plan_prepare(conn: &Connection, target: &Target) -> Result<Prepare
 /// Whether the database holds no table, index or view at all.
 fn is_empty(conn: &Connection, target: &Target) -> Result<bool, Error> {
     conn.query_row(
-        "SELECT NOT EXISTS (SELECT 1 FROM sqlite_schema)",
+        "SELECT NOT EXISTS (SELECT 1 FROM sqlite_master)",
         [],
         |row| row.get(0),
     )
@@ -106,30 +106,35 @@ fn assess(conn: &Connection, target: &Target) -> Result<Assessed, Error> {
             ));
         }
         Some(_) => {
-            let found = inspect(conn, target)?;
-            match plan_table(&found.shape, true) {
+            let shape = inspect(conn, target)?;
+            match plan_table(&shape, true) {
                 Err(refused) => refusal = Some(incompatible(target, refused)),
-                Ok(changes) => {
-                    for change in &changes {
-                        let TableChange::Add(column) = change else {
-                            continue;
-                        };
-                        steps.push(add_column(target, *column));
+                // Rows are read only once the columns are known to be right.
+                Ok(changes) => match ambiguous_rows(conn, target, &shape)? {
+                    Err(refused) => refusal = Some(incompatible(target, refused)),
+                    Ok(ambiguous) => {
+                        let found = Found { ambiguous };
+                        for change in &changes {
+                            let TableChange::Add(column) = change else {
+                                continue;
+                            };
+                            steps.push(add_column(target, *column));
+                        }
+                        plan.changes = changes;
+                        plan.ambiguous = found.ambiguous.clone();
+                        if found.ambiguous.needs_choice(&target.adoption) {
+                            refusal = Some(Error::store(
+                                format!("preparing the tracking table in {}", target.site.location),
+                                AmbiguousRowsRefused {
+                                    table: target.name.clone(),
+                                    rows: found.ambiguous.clone(),
+                                },
+                            ));
+                        } else {
+                            steps.extend(resolve(target, &found.ambiguous));
+                        }
                     }
-                    plan.changes = changes;
-                    plan.ambiguous = found.ambiguous.clone();
-                    if found.ambiguous.needs_choice(&target.adoption) {
-                        refusal = Some(Error::store(
-                            format!("preparing the tracking table in {}", target.site.location),
-                            AmbiguousRowsRefused {
-                                table: target.name.clone(),
-                                rows: found.ambiguous.clone(),
-                            },
-                        ));
-                    } else {
-                        steps.extend(resolve(target, &found.ambiguous));
-                    }
-                }
+                },
             }
         }
     }
@@ -224,24 +229,23 @@ fn resolve(target: &Target, rows: &AmbiguousRows) -> Vec<String> {
     steps
 }
 
-/// `table`, `view`, `index`… for a name in `sqlite_schema` (names are
+/// `table`, `view`, `index`… for a name in `sqlite_master` (names are
 /// case-insensitive in SQLite), or `None`.
 fn schema_type(conn: &Connection, name: &str) -> rusqlite::Result<Option<String>> {
     conn.query_row(
-        "SELECT type FROM sqlite_schema WHERE name = ?1 COLLATE NOCASE",
+        "SELECT type FROM sqlite_master WHERE name = ?1 COLLATE NOCASE",
         [name],
         |row| row.get(0),
     )
     .optional()
 }
 
-/// An existing table, as core's check reads it, and its ambiguous rows.
+/// The ambiguous rows of an existing table that passed core's check.
 struct Found {
-    shape: FoundTable,
     ambiguous: AmbiguousRows,
 }
 
-fn inspect(conn: &Connection, target: &Target) -> Result<Found, Error> {
+fn inspect(conn: &Connection, target: &Target) -> Result<FoundTable, Error> {
     let err = target.site.err("inspecting the tracking table's columns");
     let columns = columns(conn, &target.name).map_err(err)?;
     let keys = columns.iter().filter(|c| c.primary_key > 0).count();
@@ -249,13 +253,11 @@ fn inspect(conn: &Connection, target: &Target) -> Result<Found, Error> {
         .iter()
         .any(|c| c.found.name.eq_ignore_ascii_case("id") && c.primary_key == 1 && keys == 1);
     let id_unique = id_key || unique_id_index(conn, target)?;
-    let shape = FoundTable {
+    Ok(FoundTable {
         table: target.name.clone(),
         columns: columns.into_iter().map(|c| c.found).collect(),
         id_unique,
-    };
-    let ambiguous = ambiguous_rows(conn, target, &shape)?;
-    Ok(Found { shape, ambiguous })
+    })
 }
 
 /// One row of `pragma_table_info`, as core's description plus its key rank.
@@ -301,12 +303,13 @@ fn unique_id_index(conn: &Connection, target: &Target) -> Result<bool, Error> {
 }
 
 /// Rows whose state a silent conversion would guess, and names no
-/// definition can match.
+/// definition can match; the refusal of `executed_at` values that are no
+/// time at all (no choice makes those readable).
 fn ambiguous_rows(
     conn: &Connection,
     target: &Target,
     shape: &FoundTable,
-) -> Result<AmbiguousRows, Error> {
+) -> Result<Result<AmbiguousRows, IncompatibleTable>, Error> {
     let t = target.table_sql();
     let err = |e| target.site.error("inspecting the tracking table's rows", e);
     let has = |name: &str| shape.column(name).is_some();
@@ -332,6 +335,9 @@ fn ambiguous_rows(
         ..AmbiguousRows::default()
     };
     if has("executed_at") {
+        let mut unreadable = ids(&format!(
+            "SELECT id FROM {t} WHERE typeof(executed_at) NOT IN ('text', 'null') ORDER BY id"
+        ))?;
         let mut stmt = conn
             .prepare(&format!(
                 "SELECT id, executed_at FROM {t} WHERE typeof(executed_at) = 'text' ORDER BY id"
@@ -344,13 +350,34 @@ fn ambiguous_rows(
             .map_err(err)?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(err)?;
-        rows.legacy_timestamps = found
-            .into_iter()
-            .filter(|(_, text)| !timestamp::is_rfc3339(text))
-            .filter_map(|(id, text)| Some((MigrationId::new(id).ok()?, text)))
-            .collect();
+        for (id, text) in found {
+            let Ok(id) = MigrationId::new(id) else {
+                continue;
+            };
+            if timestamp::is_rfc3339(&text) {
+                continue;
+            }
+            if timestamp::parse(&text).is_ok() {
+                rows.legacy_timestamps.push((id, text));
+            } else {
+                unreadable.push(id);
+            }
+        }
+        if !unreadable.is_empty() {
+            unreadable.sort();
+            let list: Vec<String> = unreadable.iter().map(ToString::to_string).collect();
+            return Ok(Err(IncompatibleTable::new(
+                target.name.clone(),
+                Some("executed_at"),
+                format!(
+                    "holds values that are not a time (RFC 3339 or 'YYYY-MM-DD HH:MM:SS') for \
+                     {}; fix or clear them (NULL), then prepare again",
+                    list.join(", ")
+                ),
+            )));
+        }
     }
-    Ok(rows)
+    Ok(Ok(rows))
 }
 
 /// Other tables of the database shaped like a tracking table (`id`,
@@ -359,7 +386,7 @@ fn other_tracking_tables(conn: &Connection, target: &Target) -> Result<Vec<Strin
     let err = |e| target.site.error("looking for other tracking tables", e);
     let mut stmt = conn
         .prepare(
-            "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
              AND name <> ?1 COLLATE NOCASE ORDER BY name",
         )
         .map_err(err)?;

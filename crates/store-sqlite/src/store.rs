@@ -385,10 +385,12 @@ impl SqliteStore {
         }
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let conn = inner
-                .read_connection()
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
+            // Without a read connection a read needs the writer's: wait for
+            // it as a write does (bounded while an atomic transaction holds it).
+            let conn = match &inner.reader {
+                Some(reader) => reader.lock().unwrap_or_else(|poison| poison.into_inner()),
+                None => inner.writer()?,
+            };
             op(&conn, &inner.target)
         })
         .await

@@ -51,12 +51,12 @@ impl Target {
         &self.sql.fingerprints
     }
 
-    /// The side table's bare name, as `sqlite_schema` spells it.
+    /// The side table's bare name, as `sqlite_master` spells it.
     pub(crate) fn fingerprints_name(&self) -> String {
         format!("{}_fingerprints", self.name)
     }
 
-    /// The index's bare name, as `sqlite_schema` spells it.
+    /// The index's bare name, as `sqlite_master` spells it.
     pub(crate) fn pending_index_name(&self) -> String {
         format!("{}_pending", self.name)
     }

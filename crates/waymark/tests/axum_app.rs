@@ -267,8 +267,8 @@ fn serves_during_the_backfill_stops_on_ctrl_c_and_resumes_exactly_there() {
         let background = &health["background"];
         let state = background["state"].as_str().unwrap().to_owned();
         assert!(
-            ["waiting_for_other_instance", "running"].contains(&state.as_str()),
-            "before the interrupt the backfill is waiting or running: {health}"
+            ["starting", "running"].contains(&state.as_str()),
+            "before the interrupt the backfill is starting or running: {health}"
         );
         if states.last() != Some(&state) {
             states.push(state.clone());
@@ -352,7 +352,7 @@ fn serves_during_the_backfill_stops_on_ctrl_c_and_resumes_exactly_there() {
         }
         match state.as_str() {
             "finished" => break,
-            "waiting_for_other_instance" => {}
+            "starting" => {}
             "running" => {
                 // Progress counts this run's batches against what was left.
                 if !background["progress"].is_null() {

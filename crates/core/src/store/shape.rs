@@ -266,6 +266,16 @@ pub fn plan_table(
             }
             continue;
         };
+        // Waymark writes NULL into these (a new row, a success, a row
+        // marked pending again): a NOT NULL one would refuse its writes.
+        if column.not_null && ["executed_at", "last_error", "checkpoint"].contains(&expected.name) {
+            return Err(refuse(
+                expected.name,
+                "is NOT NULL, but waymark clears it (a new row, a success, a row marked \
+                 pending); allow NULL in it, or configure another table name"
+                    .to_owned(),
+            ));
+        }
         let text_time =
             expected.name == "executed_at" && timestamps_as_text && column.class == TypeClass::Text;
         if !expected.accepts.contains(&column.class) && !text_time {

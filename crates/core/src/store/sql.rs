@@ -108,6 +108,12 @@ impl Statements {
         };
         let t = table;
         let fp = fingerprints;
+        // Null-safe equality: SQLite's `IS` works on every version (its
+        // `IS NOT DISTINCT FROM` only from 3.39, newer than many systems').
+        let same = match dialect {
+            Dialect::Sqlite => "IS",
+            Dialect::Postgres => "IS NOT DISTINCT FROM",
+        };
         let success = format!(
             "executed = {executed}, executed_at = {p2}, {next_attempt}, last_error = NULL, checkpoint = NULL"
         );
@@ -148,11 +154,11 @@ impl Statements {
             claim_success: format!("UPDATE {t} SET {success} WHERE id = {id} AND {pending}"),
             claim_last_batch: format!(
                 "UPDATE {t} SET {success} WHERE id = {id} AND {pending} \
-                 AND checkpoint IS NOT DISTINCT FROM {p3}"
+                 AND checkpoint {same} {p3}"
             ),
             claim_batch: format!(
                 "UPDATE {t} SET checkpoint = {p2} WHERE id = {id} AND {pending} \
-                 AND checkpoint IS NOT DISTINCT FROM {p3}"
+                 AND checkpoint {same} {p3}"
             ),
             state: format!("SELECT executed, checkpoint FROM {t} WHERE id = {id}"),
             table: t.to_owned(),
@@ -200,7 +206,7 @@ mod tests {
         assert_eq!(
             lite.claim_batch,
             "UPDATE \"m\" SET checkpoint = ?2 WHERE id = ?1 AND executed = 0 \
-             AND checkpoint IS NOT DISTINCT FROM ?3"
+             AND checkpoint IS ?3"
         );
         assert!(
             pg.claim_success

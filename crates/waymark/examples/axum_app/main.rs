@@ -20,7 +20,7 @@
 //! migration is executed, so a release whose required migration fails is
 //! never ready (it is not listening at all). Once serving, `GET /healthz`
 //! answers `200` with `"status": "ok"` whatever the backfill is doing
-//! (`waiting_for_other_instance`, `running` with its progress, `finished`,
+//! (`starting`, `waiting_for_other_instance`, `running` with its progress, `finished`,
 //! `stopped`): the app serves correctly with the backfill half-done, since
 //! it serves during it. A backfill that failed (`failed`, its error
 //! recorded, retried on the next start) is `"status": "degraded"`, still
@@ -35,8 +35,9 @@
 //!  "total":20000,"elapsed_seconds":1.04,"rate":9172.7,"eta_seconds":1.14}}}
 //! ```
 //!
-//! (`waiting_for_other_instance` also shows for a moment at every start,
-//! until this instance has taken the background lock.)
+//! (`starting` shows for a moment at every start, until this instance has
+//! looked at the background lock; `waiting_for_other_instance` only while
+//! another instance holds it.)
 //!
 //! ```sh
 //! cargo run -p waymark --example axum_app -- --database app.db --listen 127.0.0.1:3000
