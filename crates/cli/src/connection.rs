@@ -194,10 +194,13 @@ async fn open_sqlite(
             ),
         ));
     }
+    // Read commands open read-only, whatever the mode: they must leave the
+    // file as it was (a read-write connection closing a WAL database would
+    // checkpoint it).
     SqliteStore::open_with(
         SqliteConfig::file(path)
             .table(table)
-            .read_only(*mode == SqliteMode::ReadOnly),
+            .read_only(*mode == SqliteMode::ReadOnly || !command.writes()),
     )
     .await
 }

@@ -2,8 +2,9 @@
 //! safe across processes.
 //!
 //! [`SqliteStore`] keeps waymark's tracking table in a SQLite file (or an
-//! in-memory database) through rusqlite's bundled SQLite, so no system
-//! library is needed. Besides the [`MigrationStore`](waymark_core::MigrationStore)
+//! in-memory database) through rusqlite: with SQLite bundled by default
+//! (feature `bundled`), so no system library is needed, or on the SQLite the
+//! application links (3.24 or newer). Besides the [`MigrationStore`](waymark_core::MigrationStore)
 //! contract it implements [`AtomicStore`](waymark_core::store::AtomicStore):
 //! the runner's atomic and batched handlers get a `&rusqlite::Transaction`,
 //! and their data changes commit together with the bookkeeping.
@@ -50,15 +51,19 @@
 //!
 //! An existing table of the original four columns (`id`, `name`,
 //! `description`, `executed`) is adopted in place: the missing columns are
-//! added with `ALTER TABLE … ADD COLUMN`, every row keeps its executed state
-//! (a `NULL` in `executed` becomes 0, which is what it meant). A table whose
-//! shape cannot work, such as `id TEXT`, is refused with an [`Error::Store`](waymark_core::Error::Store)
-//! whose source is an [`IncompatibleTable`] naming the column, and nothing
-//! is changed. `prepare` looks before it writes: on a prepared database it
-//! only reads (so it works on a read-only one), and when it must change
-//! something it checks again inside `BEGIN IMMEDIATE`, so processes
-//! preparing at the same moment take turns and the later ones find nothing
-//! left to do.
+//! added with `ALTER TABLE … ADD COLUMN`, every row is kept as it is. Rows
+//! whose state would be a guess (a NULL `executed`, an `executed_at`
+//! without an offset) need an explicit [`AdoptionChoices`] in the
+//! configuration ([`SqliteConfig::adoption`]); without it they are refused.
+//! A table whose shape cannot work, such as `id TEXT`, is refused with an
+//! [`Error::Store`](waymark_core::Error::Store) whose source is an
+//! [`IncompatibleTable`] naming the column, and nothing is changed.
+//! [`plan_prepare`](waymark_core::MigrationStore::plan_prepare) says all of
+//! this without changing anything. `prepare` looks before it writes: on a
+//! prepared database it only reads (so it works on a read-only one), and
+//! when it must change something it checks again inside `BEGIN IMMEDIATE`,
+//! so processes preparing at the same moment take turns and the later ones
+//! find nothing left to do.
 //!
 //! # Durability: WAL with `synchronous = FULL`
 //!

@@ -46,7 +46,7 @@ pub struct SqliteStore {
 
 pub(crate) struct Inner {
     conn: Mutex<Connection>,
-    /// A read-only connection to the same file, so that reads never wait
+    /// A read-only connection to the same file, so that reads do not wait
     /// for the writer (an atomic handler's transaction, say); `None` for an
     /// in-memory database, which only `conn` can reach.
     reader: Option<Mutex<Connection>>,
@@ -189,7 +189,9 @@ impl SqliteStore {
     /// through it (so an atomic handler's transaction is on it), and the
     /// application reaches it with [`interact`](Self::interact). For a file
     /// the store opens a read-only connection of its own beside it, so that
-    /// reads never wait for a writer. Default table and busy timeout; see
+    /// reads do not wait for the store's writer (in WAL mode, for no writer
+    /// at all; in rollback-journal mode a writer's commit still makes them
+    /// wait, up to the busy timeout). Default table and busy timeout; see
     /// [`from_connection_with`](Self::from_connection_with).
     ///
     /// The store sets the connection's busy timeout and `synchronous = FULL`
