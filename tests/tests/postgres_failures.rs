@@ -285,7 +285,7 @@ async fn a_silent_server_is_a_store_error_within_the_connect_timeout() {
 async fn bad_settings_are_refused_before_connecting() {
     let url = "postgres://app:sup3r-s3cret@127.0.0.1:1/app";
     for (config, field) in [
-        (PostgresConfig::new(url).schema("Public"), "schema"),
+        (PostgresConfig::new(url).schema("pub lic"), "schema"),
         (PostgresConfig::new(url).table("migrations; drop"), "table"),
         (PostgresConfig::new(url).pool_size(0), "pool_size"),
         (
