@@ -458,7 +458,13 @@ async fn the_lock_s_session_is_a_tls_session() {
         "localhost",
         &[("sslmode", "verify-full"), ("sslrootcert", path(ca))],
     );
-    let store = connect_with(PostgresConfig::new(&url).schema("lock_over_tls")).await;
+    let store = connect_with(
+        // The TLS tests share one database: each its own schema, on purpose.
+        PostgresConfig::new(&url)
+            .schema("lock_over_tls")
+            .allow_second_table(true),
+    )
+    .await;
     store.prepare().await.unwrap();
     store
         .register(&[MigrationDef::new(1, "over_tls", "").unwrap()])
@@ -494,7 +500,12 @@ async fn a_cancelled_statement_is_cancelled_over_tls() {
         "localhost",
         &[("sslmode", "verify-full"), ("sslrootcert", path(ca))],
     );
-    let store = connect_with(PostgresConfig::new(&key_value).schema("cancel_over_tls")).await;
+    let store = connect_with(
+        PostgresConfig::new(&key_value)
+            .schema("cancel_over_tls")
+            .allow_second_table(true),
+    )
+    .await;
     store.prepare().await.unwrap();
     store
         .register(&[MigrationDef::new(7, "sleeps", "").unwrap()])

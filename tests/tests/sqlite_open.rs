@@ -169,19 +169,34 @@ async fn waiting_store_calls_leave_the_runtime_free() {
         .await
         .unwrap();
 
-    let listing = {
+    // A write needs the connection the handler holds (reads go to the
+    // read connection and do not wait at all).
+    let registering = {
         let store = store.clone();
-        tokio::spawn(async move { store.list().await })
+        tokio::spawn(async move {
+            store
+                .register(&[MigrationDef::new(2, "two", "").unwrap()])
+                .await
+        })
     };
     for _ in 0..20 {
         tokio::task::yield_now().await;
     }
     assert_eq!(tokio::spawn(async { 42 }).await.unwrap(), 42);
-    assert!(!listing.is_finished(), "the call waits for the handler");
+    assert!(
+        !registering.is_finished(),
+        "the write waits for the handler"
+    );
+    assert!(
+        !store.list().await.unwrap()[0].executed,
+        "a read does not wait"
+    );
 
     release_tx.send(()).unwrap();
     running.await.unwrap().unwrap();
-    assert!(listing.await.unwrap().unwrap()[0].executed);
+    registering.await.unwrap().unwrap();
+    assert!(store.get(id(1)).await.unwrap().executed);
+    assert!(!store.get(id(2)).await.unwrap().executed);
 }
 
 /// An in-memory database can be made read-only too: writes fail clearly.
