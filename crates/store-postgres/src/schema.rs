@@ -295,6 +295,14 @@ async fn inspect<C: GenericClient>(
             column
         })
         .collect();
+    // A table already prepared needs nothing: its rows are not scanned at
+    // every start-up.
+    if found.fingerprints
+        && found.pending_index
+        && plan_table(&found.shape(sql), false).is_ok_and(|changes| changes.is_empty())
+    {
+        return Ok(found);
+    }
     let readable_id = found
         .column("id")
         .is_some_and(|column| column.class == TypeClass::Integer);

@@ -152,13 +152,16 @@ impl PostgresStore {
             .build()
             .map_err(|e| Error::store(format!("building the pool for {server}"), e))?;
         let schema = config.schema_name().unwrap_or("public").to_owned();
+        // A TLS connector is Clone, not Copy: written for one.
+        #[allow(clippy::clone_on_copy)]
+        let first_tls = tls.clone();
         let store = Self::build(
             pool.clone(),
             &config,
             &schema,
             server.clone(),
             connect_timeout,
-            tls.clone(),
+            first_tls,
         );
         let conn = store.checkout().await?;
         if config.schema_name().is_some() {

@@ -86,6 +86,12 @@ fn assess(conn: &Connection, target: &Target) -> Result<Assessed, Error> {
     let mut plan = PreparePlan::new(target.describe());
     let mut steps = Vec::new();
     let mut refusal: Option<Error> = None;
+    let index_missing = schema_type(conn, &target.pending_index_name())
+        .map_err(err)?
+        .is_none();
+    let fingerprints_missing = schema_type(conn, &target.fingerprints_name())
+        .map_err(err)?
+        .is_none();
     match schema_type(conn, &target.name).map_err(err)? {
         None => {
             plan.create = true;
@@ -109,7 +115,10 @@ fn assess(conn: &Connection, target: &Target) -> Result<Assessed, Error> {
             let shape = inspect(conn, target)?;
             match plan_table(&shape, true) {
                 Err(refused) => refusal = Some(incompatible(target, refused)),
-                // Rows are read only once the columns are known to be right.
+                // A table already prepared needs nothing: its rows are not
+                // scanned at every start-up. Rows are read only once the
+                // columns are known to be right.
+                Ok(changes) if changes.is_empty() && !index_missing && !fingerprints_missing => {}
                 Ok(changes) => match ambiguous_rows(conn, target, &shape)? {
                     Err(refused) => refusal = Some(incompatible(target, refused)),
                     Ok(ambiguous) => {
@@ -138,10 +147,7 @@ fn assess(conn: &Connection, target: &Target) -> Result<Assessed, Error> {
             }
         }
     }
-    if schema_type(conn, &target.pending_index_name())
-        .map_err(err)?
-        .is_none()
-    {
+    if index_missing {
         plan.side_objects
             .push(format!("index {}", target.pending_index_name()));
         steps.push(format!(
@@ -150,10 +156,7 @@ fn assess(conn: &Connection, target: &Target) -> Result<Assessed, Error> {
             target.table_sql()
         ));
     }
-    if schema_type(conn, &target.fingerprints_name())
-        .map_err(err)?
-        .is_none()
-    {
+    if fingerprints_missing {
         plan.side_objects
             .push(format!("table {}", target.fingerprints_name()));
         steps.push(format!(
