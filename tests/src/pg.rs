@@ -36,13 +36,10 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{NoTls, Transaction};
 use waymark_core::run::new_context;
-use waymark_core::store::{
-    AtomicError, AtomicFn, AtomicStore, BatchFn, BoxFuture, LockGuard, LockRequest, RowChange,
-};
+use waymark_core::store::{AtomicFn, BatchFn, BoxFuture};
 use waymark_core::testkit::{AtomicDb, AtomicFixture, BatchPlan, TestStore};
 use waymark_core::{
-    BatchStep, BoxError, CancellationToken, Error, Migration, MigrationContext, MigrationDef,
-    MigrationId, MigrationStore, async_trait,
+    BatchStep, BoxError, CancellationToken, Migration, MigrationContext, MigrationStore,
 };
 use waymark_postgres::{PostgresConfig, PostgresStore};
 
@@ -192,93 +189,17 @@ pub async fn fresh_test_store() -> TestStore {
 /// under another name, because the suite's [`AtomicFixture`] (core's) can
 /// only be implemented for a type of this crate. Every call goes to the
 /// store itself, its faster overrides included.
-#[derive(Debug, Clone)]
-pub struct AtomicPostgres(pub PostgresStore);
+pub type AtomicPostgres = crate::fixture::Fixture<PostgresStore>;
 
 /// A fresh database for one test of the atomic suite.
 pub async fn fresh_atomic_db() -> AtomicDb<AtomicPostgres> {
     let (store, db) = fresh_store().await;
-    AtomicDb::new(AtomicPostgres(store), db)
-}
-
-#[async_trait]
-impl MigrationStore for AtomicPostgres {
-    async fn prepare(&self) -> Result<(), Error> {
-        self.0.prepare().await
-    }
-    async fn register(&self, defs: &[MigrationDef]) -> Result<(), Error> {
-        self.0.register(defs).await
-    }
-    async fn list(&self) -> Result<Vec<Migration>, Error> {
-        self.0.list().await
-    }
-    async fn update(&self, id: MigrationId, change: RowChange<'_>) -> Result<(), Error> {
-        self.0.update(id, change).await
-    }
-    async fn lock(&self, request: &LockRequest) -> Result<LockGuard, Error> {
-        self.0.lock(request).await
-    }
-    async fn lock_or_wait(&self, request: &LockRequest) -> Result<Option<LockGuard>, Error> {
-        self.0.lock_or_wait(request).await
-    }
-    async fn pending(&self) -> Result<Vec<Migration>, Error> {
-        self.0.pending().await
-    }
-    async fn get(&self, id: MigrationId) -> Result<Migration, Error> {
-        self.0.get(id).await
-    }
-    async fn is_settled(&self, fingerprint: &str) -> Result<bool, Error> {
-        self.0.is_settled(fingerprint).await
-    }
-    async fn mark_executed(&self, id: MigrationId) -> Result<(), Error> {
-        self.0.mark_executed(id).await
-    }
-    async fn mark_pending(&self, id: MigrationId) -> Result<(), Error> {
-        self.0.mark_pending(id).await
-    }
-    async fn record_success(&self, id: MigrationId) -> Result<(), Error> {
-        self.0.record_success(id).await
-    }
-    async fn record_failure(&self, id: MigrationId, error: &str) -> Result<(), Error> {
-        self.0.record_failure(id, error).await
-    }
-    async fn save_checkpoint(&self, id: MigrationId, checkpoint: &str) -> Result<(), Error> {
-        self.0.save_checkpoint(id, checkpoint).await
-    }
-}
-
-impl AtomicStore for AtomicPostgres {
-    type Tx<'t> = <PostgresStore as AtomicStore>::Tx<'t>;
-    type Output<'t, R: Send + 't> = <PostgresStore as AtomicStore>::Output<'t, R>;
-
-    fn map_output<'t, A: Send + 't, B: Send + 't>(
-        out: Self::Output<'t, A>,
-        f: impl FnOnce(A) -> B + Send + 't,
-    ) -> Self::Output<'t, B> {
-        PostgresStore::map_output(out, f)
-    }
-
-    fn execute_atomic<S: Send + Sync + 'static>(
-        &self,
-        work: AtomicFn<S, Self>,
-        ctx: Arc<MigrationContext<S>>,
-    ) -> impl Future<Output = Result<(), AtomicError>> + Send + 'static {
-        self.0.execute_atomic(work, ctx)
-    }
-
-    fn execute_batch<S: Send + Sync + 'static>(
-        &self,
-        work: BatchFn<S, Self>,
-        ctx: Arc<MigrationContext<S>>,
-        from: Option<String>,
-    ) -> impl Future<Output = Result<BatchStep, AtomicError>> + Send + 'static {
-        self.0.execute_batch(work, ctx, from)
-    }
+    AtomicDb::new(crate::fixture::Fixture(store), db)
 }
 
 /// An atomic handler's body for a [`PostgresStore`], from a closure over its
 /// transaction, as `Handler::atomic` takes it: for tests that call
-/// [`AtomicStore::execute_atomic`] themselves.
+/// [`AtomicStore::execute_atomic`](waymark_core::store::AtomicStore::execute_atomic) themselves.
 pub fn atomic_fn<S, F>(f: F) -> AtomicFn<S, PostgresStore>
 where
     F: for<'t> Fn(

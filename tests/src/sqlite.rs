@@ -9,14 +9,11 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 use waymark_core::run::new_context;
-use waymark_core::store::{
-    AtomicError, AtomicFn, AtomicStore, BatchFn, LockGuard, LockInfo, LockRequest, PreparePlan,
-    RowChange,
-};
+use waymark_core::store::{AtomicFn, BatchFn};
 use waymark_core::testkit::{AtomicDb, AtomicFixture, BatchPlan, TestStore};
 use waymark_core::{
-    BatchStep, BoxError, CancellationToken, Error, Migration, MigrationContext, MigrationDef,
-    MigrationId, MigrationStore, async_trait,
+    BatchStep, BoxError, CancellationToken, Migration, MigrationContext, MigrationId,
+    MigrationStore,
 };
 use waymark_sqlite::SqliteStore;
 use waymark_sqlite::rusqlite::{self, Transaction};
@@ -92,7 +89,7 @@ pub fn journal_mode(path: &Path) -> String {
 
 /// An atomic handler's body for a [`SqliteStore`], from a closure over its
 /// transaction, as `Handler::atomic` takes it: for tests that call
-/// [`AtomicStore::execute_atomic`] themselves.
+/// [`AtomicStore::execute_atomic`](waymark_core::store::AtomicStore::execute_atomic) themselves.
 pub fn atomic_fn<S, F>(f: F) -> AtomicFn<S, SqliteStore>
 where
     F: for<'t> Fn(&'t Transaction<'t>, &'t MigrationContext<S>) -> Result<(), BoxError>
@@ -241,13 +238,12 @@ impl Drop for Helper {
 /// crate. Every call goes to the store itself, its faster overrides
 /// included; the fixture's checks go through connections of their own to
 /// the same file.
-#[derive(Debug, Clone)]
-pub struct AtomicSqlite(pub SqliteStore);
+pub type AtomicSqlite = crate::fixture::Fixture<SqliteStore>;
 
 /// A fresh database file for one test of the atomic suite.
 pub async fn fresh_atomic_db() -> AtomicDb<AtomicSqlite> {
     let (store, dir) = fresh_store().await;
-    AtomicDb::new(AtomicSqlite(store), dir)
+    AtomicDb::new(crate::fixture::Fixture(store), dir)
 }
 
 /// A fresh in-memory database for one test of the atomic suite.
@@ -255,88 +251,7 @@ pub async fn fresh_memory_atomic_db() -> AtomicDb<AtomicSqlite> {
     let store = SqliteStore::open_in_memory()
         .await
         .expect("opening an in-memory database");
-    AtomicDb::new(AtomicSqlite(store), ())
-}
-
-#[async_trait]
-impl MigrationStore for AtomicSqlite {
-    async fn prepare(&self) -> Result<(), Error> {
-        self.0.prepare().await
-    }
-    async fn register(&self, defs: &[MigrationDef]) -> Result<(), Error> {
-        self.0.register(defs).await
-    }
-    async fn list(&self) -> Result<Vec<Migration>, Error> {
-        self.0.list().await
-    }
-    async fn update(&self, id: MigrationId, change: RowChange<'_>) -> Result<(), Error> {
-        self.0.update(id, change).await
-    }
-    async fn lock(&self, request: &LockRequest) -> Result<LockGuard, Error> {
-        self.0.lock(request).await
-    }
-    async fn lock_or_wait(&self, request: &LockRequest) -> Result<Option<LockGuard>, Error> {
-        self.0.lock_or_wait(request).await
-    }
-    async fn plan_prepare(&self) -> Result<PreparePlan, Error> {
-        self.0.plan_prepare().await
-    }
-    async fn locks(&self) -> Result<Vec<LockInfo>, Error> {
-        self.0.locks().await
-    }
-    async fn pending(&self) -> Result<Vec<Migration>, Error> {
-        self.0.pending().await
-    }
-    async fn get(&self, id: MigrationId) -> Result<Migration, Error> {
-        self.0.get(id).await
-    }
-    async fn is_settled(&self, fingerprint: &str) -> Result<bool, Error> {
-        self.0.is_settled(fingerprint).await
-    }
-    async fn mark_executed(&self, id: MigrationId) -> Result<(), Error> {
-        self.0.mark_executed(id).await
-    }
-    async fn mark_pending(&self, id: MigrationId) -> Result<(), Error> {
-        self.0.mark_pending(id).await
-    }
-    async fn record_success(&self, id: MigrationId) -> Result<(), Error> {
-        self.0.record_success(id).await
-    }
-    async fn record_failure(&self, id: MigrationId, error: &str) -> Result<(), Error> {
-        self.0.record_failure(id, error).await
-    }
-    async fn save_checkpoint(&self, id: MigrationId, checkpoint: &str) -> Result<(), Error> {
-        self.0.save_checkpoint(id, checkpoint).await
-    }
-}
-
-impl AtomicStore for AtomicSqlite {
-    type Tx<'t> = <SqliteStore as AtomicStore>::Tx<'t>;
-    type Output<'t, R: Send + 't> = <SqliteStore as AtomicStore>::Output<'t, R>;
-
-    fn map_output<'t, A: Send + 't, B: Send + 't>(
-        out: Self::Output<'t, A>,
-        f: impl FnOnce(A) -> B + Send + 't,
-    ) -> Self::Output<'t, B> {
-        SqliteStore::map_output(out, f)
-    }
-
-    fn execute_atomic<S: Send + Sync + 'static>(
-        &self,
-        work: AtomicFn<S, Self>,
-        ctx: Arc<MigrationContext<S>>,
-    ) -> impl Future<Output = Result<(), AtomicError>> + Send + 'static {
-        self.0.execute_atomic(work, ctx)
-    }
-
-    fn execute_batch<S: Send + Sync + 'static>(
-        &self,
-        work: BatchFn<S, Self>,
-        ctx: Arc<MigrationContext<S>>,
-        from: Option<String>,
-    ) -> impl Future<Output = Result<BatchStep, AtomicError>> + Send + 'static {
-        self.0.execute_batch(work, ctx, from)
-    }
+    AtomicDb::new(crate::fixture::Fixture(store), ())
 }
 
 /// The suite's data table, created by the first body that writes to it.
