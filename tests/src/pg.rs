@@ -612,43 +612,7 @@ rm -rf "$1"
 
     /// Creates and starts a cluster of its own.
     pub(super) fn create() -> Cluster {
-        let bin = binaries();
-        let run_as = if is_root() { Some(OWNER) } else { None };
-        let dir = tempfile::Builder::new()
-            .prefix("waymark-pg-")
-            .tempdir_in(temp_root(run_as.is_some()))
-            .expect("creating the cluster's temporary directory")
-            .keep();
-        if run_as.is_some() {
-            let (uid, gid) = owner_ids();
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
-                .expect("handing the cluster's directory to the postgres user");
-        }
-        // The watchdog first: whatever happens from here on is cleaned up.
-        let watchdog = Command::new("sh")
-            .arg("-c")
-            .arg(WATCHDOG)
-            .arg("waymark-pg-watchdog")
-            .arg(&dir)
-            .arg(bin.join("pg_ctl"))
-            .arg(run_as.unwrap_or(""))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // Its own process group: a Ctrl-C to the tests must not kill it.
-            .process_group(0)
-            .spawn()
-            .expect("starting the cluster's watchdog (sh)");
-        let data = dir.join("data");
-        init(&bin, run_as, &data);
-        let port = launch(&bin, run_as, &dir, &data);
-        Cluster {
-            bin,
-            run_as,
-            dir,
-            port,
-            watchdog,
-        }
+        create_configured("", None, &[])
     }
 
     /// Where the cluster's directory goes: the system's temporary directory,
@@ -877,6 +841,7 @@ rm -rf "$1"
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group: a Ctrl-C to the tests must not kill it.
             .process_group(0)
             .spawn()
             .expect("starting the cluster's watchdog (sh)");
@@ -899,11 +864,13 @@ rm -rf "$1"
         if let Some(hba) = hba {
             write("pg_hba.conf", hba.as_bytes(), 0o600);
         }
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .and_then(|mut file| file.write_all(format!("\n{conf}\n").as_bytes()))
-            .expect("configuring the cluster");
+        if !conf.is_empty() {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(data.join("postgresql.conf"))
+                .and_then(|mut file| file.write_all(format!("\n{conf}\n").as_bytes()))
+                .expect("configuring the cluster");
+        }
         let port = launch(&bin, run_as, &dir, &data);
         Cluster {
             bin,

@@ -72,7 +72,10 @@ impl MakeRustls {
         let algorithms = provider.signature_verification_algorithms;
         let roots = ssl.roots();
         let verifier: Arc<dyn ServerCertVerifier> = match &roots {
-            None => Arc::new(NoCertificateCheck { algorithms }),
+            None => Arc::new(ChainOrNothing {
+                roots: None,
+                algorithms,
+            }),
             Some(root) => {
                 let roots = Arc::new(load_roots(root, ssl.mode)?);
                 if ssl.mode == SslMode::VerifyFull {
@@ -82,7 +85,10 @@ impl MakeRustls {
                             Error::invalid("sslrootcert", format!("{root} is not usable: {e}"))
                         })?
                 } else {
-                    Arc::new(ChainOnly { roots, algorithms })
+                    Arc::new(ChainOrNothing {
+                        roots: Some(roots),
+                        algorithms,
+                    })
                 }
             }
         };
@@ -175,58 +181,20 @@ fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Er
     Ok(certs)
 }
 
-/// `prefer` and `require` without a root file: any certificate, as libpq.
-/// The handshake's signatures are still verified (the session is then
-/// encrypted to whoever holds the certificate's key).
+/// The certificate checks short of `verify-full`, whose host-name check is
+/// rustls' own verifier. With `roots` (`verify-ca`, and `require` with a
+/// root file) the chain must lead to one of them, whatever host name the
+/// certificate is for; without (`prefer`, `require` without a root file) any
+/// certificate is accepted, as libpq does. The handshake's signatures are
+/// verified either way (the session is then encrypted to whoever holds the
+/// certificate's key).
 #[derive(Debug)]
-struct NoCertificateCheck {
+struct ChainOrNothing {
+    roots: Option<Arc<RootCertStore>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for NoCertificateCheck {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca` (and `require` with a root file): the chain must lead to one
-/// of the roots, whatever host name the certificate is for.
-#[derive(Debug)]
-struct ChainOnly {
-    roots: Arc<RootCertStore>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for ChainOrNothing {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -235,14 +203,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            &self.roots,
-            intermediates,
-            now,
-            self.algorithms.all,
-        )?;
+        if let Some(roots) = &self.roots {
+            let cert = ParsedCertificate::try_from(end_entity)?;
+            verify_server_cert_signed_by_trust_anchor(
+                &cert,
+                roots,
+                intermediates,
+                now,
+                self.algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
