@@ -521,6 +521,12 @@ impl Drop for TestDatabase {
     }
 }
 
+/// A superuser session at `url` (a [`PrivateCluster`]'s); its connection
+/// runs on the current runtime.
+pub async fn connect_url(url: &str) -> tokio_postgres::Client {
+    connect(url).await
+}
+
 /// A superuser session; its connection runs on the current runtime.
 async fn connect(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, NoTls)

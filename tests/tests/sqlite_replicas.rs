@@ -82,3 +82,69 @@ async fn a_replica_with_a_new_migration_waits_out_a_long_atomic_one() {
         "{rows:?}"
     );
 }
+
+/// Sixteen replicas, separate processes with the store's defaults (a 5 s
+/// busy timeout), start together; the one that wins the run lock runs an
+/// atomic migration that keeps SQLite's write lock for 6.5 s, longer than
+/// the busy timeout. Every other replica meets the write lock while
+/// preparing or registering, waits for the run in progress instead of
+/// failing, and then finds the migration done: every process exits 0, one
+/// report says it executed the migration, and its effect is there once.
+#[test]
+fn sixteen_replicas_wait_out_one_long_atomic_migration() {
+    const HELPER: &str = env!("CARGO_BIN_EXE_sqlite_helper");
+    const REPLICAS: usize = 16;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("app.db");
+    waymark_tests::sqlite::raw(&path)
+        .execute_batch("CREATE TABLE effects (pid INTEGER NOT NULL)")
+        .unwrap();
+    let go = dir.path().join("go");
+    let replicas: Vec<_> = (0..REPLICAS)
+        .map(|_| {
+            waymark_tests::sqlite::Helper::spawn(
+                HELPER,
+                [
+                    "replica",
+                    path.to_str().unwrap(),
+                    go.to_str().unwrap(),
+                    "6500",
+                ],
+            )
+        })
+        .collect();
+    std::fs::write(&go, b"").unwrap();
+
+    let mut executed_by = Vec::new();
+    for replica in replicas {
+        let pid = replica.pid();
+        let (lines, ok) = replica.finish(Duration::from_secs(120));
+        assert!(ok, "replica {pid} failed its start-up: {lines:?}");
+        let report = lines
+            .iter()
+            .find(|line| line.starts_with("report "))
+            .unwrap_or_else(|| panic!("replica {pid} printed no report: {lines:?}"));
+        match report.as_str() {
+            "report executed=[1] already_done=[]" => executed_by.push(pid),
+            // Found done by the run in progress, or done before it looked.
+            "report executed=[] already_done=[1]" | "report executed=[] already_done=[]" => {}
+            other => panic!("replica {pid}: unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        executed_by.len(),
+        1,
+        "one replica executes: {executed_by:?}"
+    );
+    let effects: Vec<u32> = waymark_tests::sqlite::raw(&path)
+        .prepare("SELECT pid FROM effects")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        effects, executed_by,
+        "the effect, once, by the replica that says so"
+    );
+}

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 use waymark_core::store::AdoptionChoices;
+use waymark_core::store::advisory::DeadHolderBound;
 
 use tokio_postgres::config::Host;
 use waymark_core::{Error, error_chain};
@@ -37,7 +38,7 @@ pub const DEFAULT_POOL_SIZE: usize = 8;
 /// Every setting is checked when the store is built; a bad one is
 /// [`Error::Invalid`] naming it (`"url"`, `"sslmode"`, `"sslrootcert"`,
 /// `"schema"`, `"table"`, `"pool_size"`, `"connect_timeout"`,
-/// `"statement_timeout"`).
+/// `"statement_timeout"`, `"dead_holder_timeout"`).
 ///
 /// # TLS
 ///
@@ -101,6 +102,7 @@ pub struct PostgresConfig {
     pool_size: usize,
     adoption: AdoptionChoices,
     allow_second_table: bool,
+    dead_holder_timeout: Duration,
 }
 
 impl PostgresConfig {
@@ -197,6 +199,31 @@ impl PostgresConfig {
         self
     }
 
+    /// How soon the server frees the lock of a holder whose host died or
+    /// was cut off without closing its connection (default 20 s, so that a
+    /// replica waiting even 30 s for the lock still runs; whole seconds from
+    /// 2 s to a day).
+    ///
+    /// The lock's session sets its own server-side TCP keepalives and
+    /// `tcp_user_timeout` from it, so the server ends that session, and
+    /// frees the lock, within the bound plus one probe interval
+    /// ([`DeadHolderBound::worst_case`], 22 s by default) instead of after
+    /// the server's own keepalive setting (two hours by default). A holder
+    /// that is alive answers the probes and keeps its lock however long it
+    /// runs. A holder on a Unix socket needs no bound: its death closes the
+    /// socket at once. Behind a pooler the setting reaches the pooler's
+    /// server connection, not the holder's.
+    ///
+    /// [`DeadHolderBound::worst_case`]: waymark_core::store::advisory::DeadHolderBound::worst_case
+    pub fn dead_holder_timeout(mut self, timeout: Duration) -> Self {
+        self.dead_holder_timeout = timeout;
+        self
+    }
+
+    pub(crate) fn dead_holder_bound(&self) -> Result<DeadHolderBound, Error> {
+        DeadHolderBound::new(self.dead_holder_timeout)
+    }
+
     pub(crate) fn adoption_choices(&self) -> AdoptionChoices {
         self.adoption
     }
@@ -260,6 +287,7 @@ impl PostgresConfig {
                 ),
             ));
         }
+        self.dead_holder_bound()?;
         Ok(())
     }
 
@@ -360,6 +388,7 @@ impl Default for PostgresConfig {
             pool_size: DEFAULT_POOL_SIZE,
             adoption: AdoptionChoices::new(),
             allow_second_table: false,
+            dead_holder_timeout: DeadHolderBound::DEFAULT,
         }
     }
 }
@@ -380,6 +409,7 @@ impl fmt::Debug for PostgresConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
             .field("pool_size", &self.pool_size)
+            .field("dead_holder_timeout", &self.dead_holder_timeout)
             .finish()
     }
 }

@@ -164,6 +164,10 @@ pub(crate) fn pool(server: &str, error: PoolError, timeouts: PoolTimeouts) -> Er
             connecting,
             std::io::Error::other("the pool has timeouts but no runtime to enforce them"),
         ),
+        // The session settings each new connection gets (a dead holder's keepalives).
+        PoolError::PostCreateHook(deadpool_postgres::HookError::Backend(error)) => {
+            pg(connecting, error)
+        }
         PoolError::PostCreateHook(hook) => {
             Error::store(connecting, std::io::Error::other(hook.to_string()))
         }

@@ -14,7 +14,8 @@ use std::time::Duration;
 use deadpool_postgres::ClientWrapper;
 use tokio_postgres::error::SqlState;
 use waymark_core::Error;
-use waymark_core::store::{HeldLock, LockGuard, LockScope, fnv1a_64};
+use waymark_core::store::advisory::{ANNOUNCE, DeadHolderBound, session_tag};
+use waymark_core::store::{HeldLock, LockGuard, LockHolder, LockScope, fnv1a_64};
 
 use crate::conn::{Conn, Detached};
 
@@ -73,6 +74,35 @@ impl Drop for AdvisoryLock {
     }
 }
 
+/// What the lock's session says once it holds the lock: who holds it
+/// (its `application_name`, which `locks()` reads back) and how soon the
+/// server frees it if that holder vanishes (its own keepalives).
+pub(crate) struct Announcement {
+    tag: String,
+    bound: DeadHolderBound,
+}
+
+impl Announcement {
+    pub(crate) fn new(scope: LockScope, holder: &LockHolder, bound: DeadHolderBound) -> Self {
+        Self {
+            tag: session_tag(scope, holder),
+            bound,
+        }
+    }
+
+    /// Sends it on the session that now holds the lock.
+    async fn send(&self, client: &tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+        let [idle, interval, count, user_timeout] = self.bound.parameters();
+        client
+            .query_one(
+                ANNOUNCE,
+                &[&self.tag, &idle, &interval, &count, &user_timeout],
+            )
+            .await
+            .map(drop)
+    }
+}
+
 /// Why taking the lock failed before it became an [`Error`].
 pub(crate) enum LockFailure {
     /// Someone else held it for the whole wait.
@@ -87,6 +117,7 @@ pub(crate) async fn acquire(
     scope: LockScope,
     key: i64,
     wait: Duration,
+    announcement: &Announcement,
 ) -> Result<LockGuard, LockFailure> {
     if wait.is_zero() {
         // lock_timeout = 0 would mean "wait forever": ask without waiting.
@@ -130,7 +161,23 @@ pub(crate) async fn acquire(
             }
         }
     }
-    tracing::debug!(key, %scope, "took the lock");
+    held(client, scope, key, announcement).await
+}
+
+/// The guard of the lock `key` that `client` has just taken, once the
+/// session has announced itself; if it cannot, the session is closed (which
+/// frees the lock) rather than held without the bound.
+async fn held(
+    client: Detached,
+    scope: LockScope,
+    key: i64,
+    announcement: &Announcement,
+) -> Result<LockGuard, LockFailure> {
+    if let Err(e) = announcement.send(&client).await {
+        client.discard();
+        return Err(LockFailure::Pg(e));
+    }
+    tracing::debug!(key, %scope, holder = %announcement.tag, "took the lock");
     Ok(LockGuard::checked(AdvisoryLock {
         client: client.into_client(),
         key,
@@ -160,6 +207,7 @@ pub(crate) async fn lock_or_wait(
     scope: LockScope,
     key: i64,
     wait: Duration,
+    announcement: &Announcement,
 ) -> Result<TryOrWait, LockFailure> {
     let tried = async {
         let statement = conn
@@ -175,12 +223,10 @@ pub(crate) async fn lock_or_wait(
             return Err(LockFailure::Pg(e));
         }
     }
-    tracing::debug!(key, %scope, "took the lock");
-    Ok(TryOrWait::Held(LockGuard::checked(AdvisoryLock {
-        client: conn.detach().into_client(),
-        key,
-        scope,
-    })))
+    // Out of the pool for good: the session now holds the lock.
+    held(conn.detach(), scope, key, announcement)
+        .await
+        .map(TryOrWait::Held)
 }
 
 async fn wait_for_release(conn: Conn, key: i64, wait: Duration) -> Result<TryOrWait, LockFailure> {

@@ -3,9 +3,12 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use waymark_core::store::advisory::{HELD_LOCKS, parse_session_tag};
 use waymark_core::store::{
-    LockGuard, LockRequest, PreparePlan, RowChange, check_unique_ids, name_conflict, now_utc,
+    LockGuard, LockInfo, LockRequest, LockScope, PreparePlan, RowChange, check_unique_ids,
+    name_conflict, now_utc,
 };
+use waymark_core::time::OffsetDateTime;
 use waymark_core::{Error, Migration, MigrationDef, MigrationId, MigrationStore};
 
 use crate::PostgresStore;
@@ -228,7 +231,9 @@ impl MigrationStore for PostgresStore {
         let limit = wait.saturating_add(self.statement_timeout());
         let doing = format!("taking the {scope} lock");
         let key = self.lock_key_for(scope);
-        match tokio::time::timeout(limit, lock::acquire(client, scope, key, wait)).await {
+        let announcement = lock::Announcement::new(scope, &request.holder, *self.dead_holder());
+        let taking = lock::acquire(client, scope, key, wait, &announcement);
+        match tokio::time::timeout(limit, taking).await {
             Ok(Ok(guard)) => Ok(guard),
             Ok(Err(LockFailure::Busy)) => Err(lock::busy(wait)),
             Ok(Err(LockFailure::Pg(e))) => Err(self.pg_error(&doing, e)),
@@ -239,13 +244,65 @@ impl MigrationStore for PostgresStore {
         }
     }
 
+    /// Read from the server's lock table: every replica's lock shows,
+    /// whichever host holds it. The holder is what its session announced
+    /// (`application_name`); a lock taken by an older version, or a session
+    /// of another role the reader may not inspect, shows without one.
+    async fn locks(&self) -> Result<Vec<LockInfo>, Error> {
+        let keys = [
+            (self.lock_key_for(LockScope::Run), LockScope::Run),
+            (
+                self.lock_key_for(LockScope::Background),
+                LockScope::Background,
+            ),
+        ];
+        let wanted: Vec<i64> = keys.iter().map(|(key, _)| *key).collect();
+        let wanted = &wanted;
+        let rows = self
+            .call(
+                "reading who holds the locks",
+                Retry::Once,
+                body!(|conn| {
+                    let statement = conn.prepare_cached(HELD_LOCKS).await?;
+                    Ok(conn.query(&statement, &[wanted]).await?)
+                }),
+            )
+            .await?;
+        let mut held = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key: i64 = row.get(0);
+            let Some(&(_, scope)) = keys.iter().find(|(k, _)| *k == key) else {
+                continue;
+            };
+            let pid: i32 = row.get(1);
+            let tag: Option<String> = row.get(2);
+            let address: Option<String> = row.get(3);
+            let since: Option<OffsetDateTime> = row.get(4);
+            let mut info = LockInfo::new(scope);
+            info.holder = tag
+                .as_deref()
+                .and_then(parse_session_tag)
+                .filter(|(tagged, _)| *tagged == scope)
+                .map(|(_, holder)| holder);
+            info.since = since;
+            info.detail = Some(match address {
+                Some(address) => format!("server backend pid {pid}, client {address}"),
+                None => format!("server backend pid {pid}"),
+            });
+            held.push(info);
+        }
+        Ok(held)
+    }
+
     async fn lock_or_wait(&self, request: &LockRequest) -> Result<Option<LockGuard>, Error> {
         let (scope, wait) = (request.scope, request.wait);
         let conn = self.checkout().await?;
         let limit = wait.saturating_add(self.statement_timeout());
         let doing = format!("taking or waiting for the {scope} lock");
         let key = self.lock_key_for(scope);
-        match tokio::time::timeout(limit, lock::lock_or_wait(conn, scope, key, wait)).await {
+        let announcement = lock::Announcement::new(scope, &request.holder, *self.dead_holder());
+        let taking = lock::lock_or_wait(conn, scope, key, wait, &announcement);
+        match tokio::time::timeout(limit, taking).await {
             Ok(Ok(lock::TryOrWait::Held(guard))) => Ok(Some(guard)),
             Ok(Ok(lock::TryOrWait::Released)) => Ok(None),
             Ok(Err(LockFailure::Busy)) => Err(lock::busy(wait)),

@@ -5,8 +5,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{Hook, HookError, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use waymark_core::Error;
+use waymark_core::store::advisory::DeadHolderBound;
 use waymark_core::store::{InFlight, LockScope};
 
 use crate::config::{PostgresConfig, describe_server};
@@ -66,6 +67,8 @@ struct Inner {
     adoption: waymark_core::store::AdoptionChoices,
     /// Whether `prepare` may create the table beside another tracking table.
     allow_second_table: bool,
+    /// How soon the server frees a vanished holder's lock.
+    dead_holder: DeadHolderBound,
 }
 
 /// The schema an unqualified `table` means on this session: the first
@@ -143,7 +146,21 @@ impl PostgresStore {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        // Every session of the store's own pool gets the dead holder's
+        // keepalives too: a replica cut off mid-transaction must not keep
+        // that transaction's row locks for the server's two hours.
+        let keepalives: Arc<str> = Arc::from(config.dead_holder_bound()?.session_settings());
         let pool = Pool::builder(manager)
+            .post_create(Hook::async_fn(move |client, _| {
+                let keepalives = Arc::clone(&keepalives);
+                Box::pin(async move {
+                    client
+                        .simple_query(&keepalives)
+                        .await
+                        .map(drop)
+                        .map_err(HookError::Backend)
+                })
+            }))
             .max_size(config.pool_size_value())
             .runtime(Runtime::Tokio1)
             .create_timeout(Some(connect_timeout))
@@ -193,6 +210,15 @@ impl PostgresStore {
     /// session settings); `config`'s URL, if any, only names the server in
     /// error messages. Getting a connection and each store call are still
     /// bounded by `config`'s timeouts.
+    ///
+    /// The lock's session still gets the dead holder's bound
+    /// ([`PostgresConfig::dead_holder_timeout`]) when it takes a lock. The
+    /// pool's other sessions keep the settings the application gave them:
+    /// a store built by [`connect_with`](Self::connect_with) gives its
+    /// sessions the same keepalives, so that the row locks of a holder cut
+    /// off mid-transaction do not outlive it by the server's two hours; an
+    /// application that wants that for its own pool sets `keepalives` and
+    /// `tcp_user_timeout` on it (its URL's `options`, or a hook).
     ///
     /// Cancel requests (for a statement of the store's abandoned or timed
     /// out, see [`PostgresConfig::statement_timeout`]) negotiate TLS as the
@@ -260,6 +286,8 @@ impl PostgresStore {
                 },
                 adoption: config.adoption_choices(),
                 allow_second_table: config.second_table_allowed(),
+                // Checked with the other limits before any store is built.
+                dead_holder: config.dead_holder_bound().unwrap_or_default(),
             }),
         }
     }
@@ -344,6 +372,10 @@ impl PostgresStore {
 
     pub(crate) fn statement_timeout(&self) -> Duration {
         self.inner.statement_timeout
+    }
+
+    pub(crate) fn dead_holder(&self) -> &DeadHolderBound {
+        &self.inner.dead_holder
     }
 }
 

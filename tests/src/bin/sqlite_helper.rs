@@ -7,6 +7,7 @@
 //! sqlite_helper hold-lock <db> [run|background]
 //! sqlite_helper prepare <db> <go-file>
 //! sqlite_helper batched <db> [stop-inside-batch]
+//! sqlite_helper replica <db> <go-file> <atomic-ms>
 //! ```
 //!
 //! It reports on stdout, one line per event, for the test to wait on.
@@ -35,6 +36,10 @@ async fn main() -> ExitCode {
         ["hold-lock", db, "run"] => hold_lock(Path::new(db), LockScope::Run).await,
         ["hold-lock", db, "background"] => hold_lock(Path::new(db), LockScope::Background).await,
         ["prepare", db, go] => prepare(Path::new(db), Path::new(go)).await,
+        ["replica", db, go, ms] => match ms.parse() {
+            Ok(ms) => replica(Path::new(db), Path::new(go), Duration::from_millis(ms)).await,
+            Err(err) => Err(format!("bad duration {ms:?}: {err}").into()),
+        },
         ["batched", db] => batched(PathBuf::from(db), None).await,
         ["batched", db, stop] => match stop.parse() {
             Ok(stop) => batched(PathBuf::from(db), Some(stop)).await,
@@ -63,9 +68,8 @@ async fn hold_lock(db: &Path, scope: LockScope) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Waits for the go file so that several helpers start together, then
-/// opens, prepares and registers.
-async fn prepare(db: &Path, go: &Path) -> Result<(), BoxError> {
+/// Waits until the go file exists, so that several helpers start together.
+fn wait_for_go(go: &Path) -> Result<(), BoxError> {
     let started = Instant::now();
     while !go.exists() {
         if started.elapsed() > Duration::from_secs(20) {
@@ -73,10 +77,55 @@ async fn prepare(db: &Path, go: &Path) -> Result<(), BoxError> {
         }
         std::thread::sleep(Duration::from_millis(1));
     }
+    Ok(())
+}
+
+/// Waits for the go file so that several helpers start together, then
+/// opens, prepares and registers.
+async fn prepare(db: &Path, go: &Path) -> Result<(), BoxError> {
+    wait_for_go(go)?;
     let store = SqliteStore::open(db).await?;
     store.prepare().await?;
     store.register(&shared_defs()?).await?;
     println!("prepared");
+    Ok(())
+}
+
+/// A replica starting as an application would, with the store's defaults
+/// (a 5 s busy timeout among them): opens the file and runs migration 1,
+/// which inserts this process's pid into `effects` (no unique key, so a
+/// second run would show) and then keeps SQLite's write lock for
+/// `atomic` inside its transaction. Prints `running` when the migration
+/// starts and, at the end, `report executed=[..] already_done=[..]`.
+async fn replica(db: &Path, go: &Path, atomic: Duration) -> Result<(), BoxError> {
+    wait_for_go(go)?;
+    let store = SqliteStore::open(db).await?;
+    let def = MigrationDef::new(1, "slow_recount", "inserts a row without a unique key")?;
+    let runner = Runner::<(), SqliteStore>::builder(store)
+        .lock_wait(Duration::from_secs(60))
+        .atomic(
+            def,
+            move |tx: &Transaction<'_>, _ctx: &MigrationContext<()>| {
+                tx.execute(
+                    "INSERT INTO effects (pid) VALUES (?1)",
+                    params![i64::from(std::process::id())],
+                )?;
+                println!("running");
+                std::thread::sleep(atomic);
+                Ok::<(), BoxError>(())
+            },
+        )
+        .build()?;
+    let report = runner.run(()).await?.finish().await?;
+    let ids = |ids: Vec<i64>| format!("{ids:?}");
+    println!(
+        "report executed={} already_done={}",
+        ids(report.executed().map(|o| o.id.get()).collect()),
+        ids(report.already_done().map(|o| o.id.get()).collect()),
+    );
+    if let Some(failure) = report.failures().next() {
+        return Err(format!("migration {} failed: {:?}", failure.id, failure.status).into());
+    }
     Ok(())
 }
 

@@ -117,6 +117,16 @@ impl LockHolder {
         }
     }
 
+    /// A holder as another process recorded it (what a backend reads back
+    /// for [`locks`](super::MigrationStore::locks)).
+    pub fn at(host: impl Into<String>, pid: u32, application: impl Into<String>) -> Self {
+        Self {
+            host: host.into(),
+            pid,
+            application: application.into(),
+        }
+    }
+
     /// `application (pid N on HOST)`, how messages name a holder.
     pub fn describe(&self) -> String {
         format!("{} (pid {} on {})", self.application, self.pid, self.host)

@@ -8,6 +8,7 @@
 //! a migration's data change implements [`AtomicStore`] too. The
 //! conformance suites (`testkit`, feature `testkit`) check both.
 
+pub mod advisory;
 mod atomic;
 mod in_flight;
 mod lock;

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 pub use atomic::{AtomicDb, AtomicFixture, BatchPlan};
 
-use crate::store::{LockRequest, LockScope};
+use crate::store::{LockHolder, LockInfo, LockRequest, LockScope};
 use crate::{Error, Migration, MigrationDef, MigrationId, MigrationStore};
 
 /// Opens another store instance on the same database.
@@ -125,6 +125,7 @@ macro_rules! store_conformance_tests {
             lock_times_out_after_the_wait,
             lock_or_wait_takes_a_free_lock_and_outwaits_a_holder,
             lock_scopes_are_separate_locks,
+            locks_name_their_holder,
             reads_before_prepare_are_not_initialised,
         );
     };
@@ -876,6 +877,58 @@ pub async fn lock_scopes_are_separate_locks(db: &TestStore) {
     let busy = other.lock(&run_lock(wait)).await;
     assert!(matches!(busy, Err(Error::LockTimeout { .. })), "{busy:?}");
     drop((run, background));
+}
+
+/// `locks()` shows a held lock, to another instance too, with the holder
+/// its request named (an application name may be cut short where the
+/// backend has little room) and since when; nothing once it is released.
+pub async fn locks_name_their_holder(db: &TestStore) {
+    db.prepared().await;
+    let other = db.reopen().await;
+    let run_locks = |locks: Vec<LockInfo>| -> Vec<LockInfo> {
+        locks
+            .into_iter()
+            .filter(|lock| lock.scope == LockScope::Run)
+            .collect()
+    };
+    assert!(run_locks(other.locks().await.unwrap()).is_empty());
+    let holder = LockHolder::named("conformance");
+    let guard = db
+        .store
+        .lock(&run_lock(Duration::from_secs(5)).with_holder(holder.clone()))
+        .await
+        .unwrap();
+    let held = run_locks(other.locks().await.unwrap());
+    assert_eq!(held.len(), 1, "{held:?}");
+    let shown = held[0].holder.as_ref().expect("the holder is recorded");
+    assert_eq!(
+        (shown.pid, shown.host.as_str()),
+        (holder.pid, holder.host.as_str())
+    );
+    assert!(
+        !shown.application.is_empty() && holder.application.starts_with(&shown.application),
+        "{shown:?}"
+    );
+    let since = held[0].since.expect("since when is recorded");
+    let age = crate::store::now_utc() - since;
+    assert!(
+        age > -time::Duration::seconds(5) && age < time::Duration::minutes(1),
+        "held since {since}"
+    );
+    drop(guard);
+    // A server frees a session's lock as it sees the session end.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = run_locks(other.locks().await.unwrap());
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still held after release: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Before `prepare`, reads say plainly that nothing is initialised, and
