@@ -1,4 +1,7 @@
-//! The command line, as clap parses it.
+//! The command line, as clap parses it: the options that say where the
+//! migrations are tracked, then `init`, every subcommand of the mounted
+//! `migrate` command (`waymark::cli::Action`), and the generated
+//! completions and man page.
 //!
 //! `--database` is a plain string to clap: it is parsed afterwards
 //! ([`crate::connection`]), so clap never has a reason to echo it in an
@@ -6,7 +9,8 @@
 
 use std::fmt;
 
-use clap::{Parser, Subcommand};
+use clap::{ArgAction, Parser, Subcommand};
+use waymark::cli::Action;
 
 use crate::redact;
 
@@ -21,7 +25,7 @@ Accepted forms (in --database or DATABASE_URL):
   sqlite:PATH?mode=rwc           as without mode: init and register create a missing
                                  file, the other commands never do
   sqlite:PATH?mode=rw            an existing file only: no command creates it
-  sqlite:PATH?mode=ro            opened read-only: status, pending and show work,
+  sqlite:PATH?mode=ro            opened read-only: status, pending, show and locks work,
                                  commands that write are refused
   sqlite:PATH?cache=shared       accepted (also cache=private), no effect
   postgres://USER:PASSWORD@HOST:PORT/DB?sslmode=require&application_name=NAME
@@ -35,8 +39,17 @@ other schemes. A password never appears in any output: messages name the host, p
 and database only.";
 
 /// Inspect and repair waymark's migration tracking, and gate deploys on it.
+///
+/// `run` and `plan` need the application's handlers: mount
+/// `waymark::cli::MigrateCommand` in the application (feature `cli`).
 #[derive(Parser)]
-#[command(name = "waymark", version, about, max_term_width = 100)]
+#[command(
+    name = "waymark",
+    version,
+    about,
+    max_term_width = 100,
+    after_long_help = waymark::cli::exit::HELP
+)]
 pub struct Cli {
     /// Where migrations are tracked: sqlite:PATH, postgres://… or key=value pairs (see --help).
     #[arg(
@@ -52,14 +65,33 @@ pub struct Cli {
     pub database: String,
 
     /// The tracking table's name.
-    #[arg(long, default_value = "migrations", global = true)]
+    #[arg(
+        long,
+        env = "WAYMARK_TABLE",
+        default_value = "migrations",
+        global = true
+    )]
     pub table: String,
 
     /// The PostgreSQL schema of the tracking table (default: the first
     /// schema of the server's search path that holds the table, else the
     /// first existing one, as for any libpq client).
-    #[arg(long, global = true)]
+    #[arg(long, env = "WAYMARK_SCHEMA", global = true)]
     pub schema: Option<String>,
+
+    /// Print JSON on stdout, and errors as JSON on stderr:
+    /// {"error": {"kind": ..., "message": ...}}.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More log lines on stderr (-v info, -vv debug, -vvv trace); RUST_LOG,
+    /// when set, decides instead.
+    #[arg(long, short = 'v', action = ArgAction::Count, global = true, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Fewer log lines (-q errors only, -qq none).
+    #[arg(long, short = 'q', action = ArgAction::Count, global = true)]
+    pub quiet: u8,
 
     /// What to do.
     #[command(subcommand)]
@@ -73,6 +105,9 @@ impl fmt::Debug for Cli {
             .field("database", &redact::redact(&self.database))
             .field("table", &self.table)
             .field("schema", &self.schema)
+            .field("json", &self.json)
+            .field("verbose", &self.verbose)
+            .field("quiet", &self.quiet)
             .field("command", &self.command)
             .finish()
     }
@@ -87,47 +122,15 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Show every tracked migration.
-    Status {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
+    #[command(flatten)]
+    Migrate(Action),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
-    /// List pending migrations; exit 0 when none, 3 when some (a deploy gate).
-    Pending {
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show one migration in full.
-    Show {
-        /// The migration's id.
-        id: i64,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Mark migrations executed without running them (operator repair).
-    MarkExecuted {
-        /// The migrations' ids.
-        #[arg(required = true)]
-        ids: Vec<i64>,
-    },
-    /// Mark migrations pending so the next run executes them again.
-    MarkPending {
-        /// The migrations' ids.
-        #[arg(required = true)]
-        ids: Vec<i64>,
-    },
-    /// Track a migration as pending (known ids keep their state).
-    Register {
-        /// The id (a positive integer; migrations run in id order).
-        id: i64,
-        /// The name, 1 to 250 characters.
-        name: String,
-        /// The description, at most 2500 characters.
-        description: String,
-    },
+    /// Print the man page (roff) on stdout.
+    Man,
 }
 
 impl Command {
@@ -135,29 +138,33 @@ impl Command {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Init { .. } => "init",
-            Self::Status { .. } => "status",
-            Self::Pending { .. } => "pending",
-            Self::Show { .. } => "show",
-            Self::MarkExecuted { .. } => "mark-executed",
-            Self::MarkPending { .. } => "mark-pending",
-            Self::Register { .. } => "register",
+            Self::Migrate(action) => action.name(),
+            Self::Completions { .. } => "completions",
+            Self::Man => "man",
         }
     }
 
     /// Whether it changes the database (so `mode=ro` refuses it).
     pub fn writes(&self) -> bool {
-        !matches!(
-            self,
-            Self::Status { .. }
-                | Self::Pending { .. }
-                | Self::Show { .. }
-                | Self::Init { dry_run: true }
-        )
+        match self {
+            Self::Init { dry_run } => !dry_run,
+            Self::Migrate(action) => action.writes(),
+            Self::Completions { .. } | Self::Man => false,
+        }
     }
 
     /// Whether it may create a missing SQLite file: `init`, and `register`,
     /// which prepares the table anyway.
     pub fn creates_database(&self) -> bool {
-        matches!(self, Self::Init { dry_run: false } | Self::Register { .. })
+        matches!(
+            self,
+            Self::Init { dry_run: false } | Self::Migrate(Action::Register { .. })
+        )
+    }
+
+    /// Whether it needs a database at all.
+    pub fn opens_database(&self) -> bool {
+        !matches!(self, Self::Completions { .. } | Self::Man)
+            && !matches!(self, Self::Migrate(action) if action.needs_handlers())
     }
 }

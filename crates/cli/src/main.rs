@@ -1,22 +1,30 @@
-//! `waymark`: the operator's tool for waymark's migration tracking.
+//! `waymark`: the operator's tool for waymark's migration tracking, the
+//! library's `migrate` command without the application's handlers.
 //!
-//! Exit codes: 0 success; 1 an error (one line on stderr); 2 a usage error;
-//! 3 from `pending` when migrations are pending (a deploy gate).
+//! Exit codes (`waymark --help` lists them): 0 success; 1 an error (one
+//! line on stderr, or one JSON object with `--json`); 2 a usage error; 3
+//! from `pending` when migrations are pending (a deploy gate); 4 the lock
+//! is held by another process.
 //!
 //! No output ever holds a password: every secret on the command line and in
 //! `DATABASE_URL` is remembered before anything is parsed, and every error
-//! line, usage error and panic message is scrubbed of it ([`redact`]).
+//! line, log line, usage error, panic message and printed row is scrubbed
+//! of it ([`redact`]).
 
 mod args;
 mod commands;
 mod connection;
+mod logging;
 mod redact;
 
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use waymark::cli::{Console, MigrateCommand};
+use waymark::{Error, MemoryStore};
 
-use args::Cli;
+use args::{Cli, Command};
 use connection::Target;
 
 fn main() -> ExitCode {
@@ -31,47 +39,101 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return usage_error(&error),
     };
+    logging::install(cli.verbose, cli.quiet);
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut out = std::io::stdout();
+            clap_complete::generate(*shell, &mut Cli::command(), "waymark", &mut out);
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            let mut out = std::io::stdout();
+            return match clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => fail(cli.json, &Error::store("writing the man page", err)),
+            };
+        }
+        Command::Init { .. } | Command::Migrate(_) => {}
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
-        Err(error) => return fail(&waymark::Error::store("starting the async runtime", error)),
+        Err(error) => {
+            return fail(cli.json, &Error::store("starting the async runtime", error));
+        }
     };
-    match runtime.block_on(execute(cli)) {
-        Ok(code) => code,
-        Err(error) => fail(&error),
+    runtime.block_on(execute(cli))
+}
+
+async fn execute(cli: Cli) -> ExitCode {
+    let json = cli.json;
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    let terminal = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+    let mut console = Console::new(&mut out, &mut err)
+        .program("waymark")
+        .filter(redact::scrub)
+        .terminal(terminal)
+        .color(logging::color_allowed());
+    if !cli.command.opens_database() {
+        // `run` and `plan`: refused (exit 2, saying how to mount the
+        // command in the application) before any database is opened; the
+        // command never touches this empty store.
+        if let Command::Migrate(action) = cli.command {
+            let command = MigrateCommand { json, action };
+            return command
+                .execute_without_handlers(&MemoryStore::new(), &mut console)
+                .await;
+        }
+    }
+    let store = match Target::parse(&cli.database) {
+        Ok(target) => {
+            target
+                .open(cli.schema.as_deref(), &cli.table, &cli.command)
+                .await
+        }
+        Err(err) => Err(err),
+    };
+    let store = match store {
+        Ok(store) => store,
+        Err(err) => return console.report_error(json, &err),
+    };
+    match cli.command {
+        Command::Init { dry_run } => match commands::init(&*store, dry_run, json).await {
+            Ok(text) => {
+                drop(console);
+                match write!(out, "{text}").and_then(|()| out.flush()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => fail(json, &Error::store("writing the output", error)),
+                }
+            }
+            Err(error) => console.report_error(json, &error),
+        },
+        Command::Migrate(action) => {
+            MigrateCommand { json, action }
+                .execute_without_handlers(&*store, &mut console)
+                .await
+        }
+        Command::Completions { .. } | Command::Man => ExitCode::SUCCESS,
     }
 }
 
-async fn execute(cli: Cli) -> Result<ExitCode, waymark::Error> {
-    let target = Target::parse(&cli.database)?;
-    let store = target
-        .open(cli.schema.as_deref(), &cli.table, &cli.command)
-        .await?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    commands::run(cli.command, &*store, &mut out).await
+/// Prints one scrubbed error (a line, or a JSON object) on stderr.
+fn fail(json: bool, error: &Error) -> ExitCode {
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    Console::new(&mut out, &mut err)
+        .program("waymark")
+        .filter(redact::scrub)
+        .report_error(json, error)
 }
 
-/// Prints one scrubbed line on stderr and returns exit code 1. Scrubbed
-/// before it is shortened, so that no cut can leave half a password.
-fn fail(error: &waymark::Error) -> ExitCode {
-    let chain = redact::scrub(&waymark::render::error_chain(error));
-    let line = waymark::render::one_line(&chain, 2000);
-    eprintln!("waymark: error: {line}");
-    ExitCode::FAILURE
-}
-
-/// clap's usage errors (exit 2) as plain text: one may quote any argument
-/// ("unexpected argument '…'"), so it is scrubbed like every other
-/// message. Help and version (exit 0) hold no argument and print as clap
-/// prints them.
+/// clap's usage errors (exit 2), scrubbed: one may quote any argument
+/// ("unexpected argument '…'").
 fn usage_error(error: &clap::Error) -> ExitCode {
-    if error.use_stderr() {
-        eprint!("{}", redact::scrub(&error.render().to_string()));
-    } else if error.print().is_err() {
-        return ExitCode::FAILURE;
-    }
-    ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2))
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    let mut console = Console::new(&mut out, &mut err)
+        .program("waymark")
+        .filter(redact::scrub);
+    waymark::cli::usage_error(error, &mut console)
 }

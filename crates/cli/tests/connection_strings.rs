@@ -128,9 +128,17 @@ fn check(
         if code == 1 {
             assert!(out.stdout.is_empty(), "{context}: stdout {}", out.stdout);
         }
+        // With --json the error is a JSON object: its message is what says it.
+        let said = match serde_json::from_str::<serde_json::Value>(&out.stderr) {
+            Ok(error) if args.contains(&"--json") => error["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            _ => out.stderr.clone(),
+        };
         for piece in expected {
             assert!(
-                out.stderr.contains(piece),
+                said.contains(piece),
                 "{context}: expected {piece:?} in stderr: {}",
                 out.stderr
             );

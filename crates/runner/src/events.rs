@@ -3,7 +3,8 @@
 
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use tracing::Span;
@@ -168,31 +169,74 @@ impl Progress {
 /// The observer callback.
 pub(crate) type Observer = Arc<dyn Fn(&RunEvent) + Send + Sync>;
 
-/// Sends events to the observers: the application's, and the runner's own
-/// (the background status).
+/// Sends events to the observers: the application's, the runner's own
+/// (the background status), and those subscribed while the runner lives
+/// ([`Runner::subscribe`](crate::Runner::subscribe)), shared by every clone.
 #[derive(Clone, Default)]
-pub(crate) struct Events(Vec<Observer>);
+pub(crate) struct Events {
+    fixed: Vec<Observer>,
+    subscribed: Arc<Subscribers>,
+}
+
+/// The observers subscribed to a runner, by subscription number.
+#[derive(Default)]
+struct Subscribers {
+    next: AtomicU64,
+    list: RwLock<Vec<(u64, Observer)>>,
+}
 
 impl Events {
     pub(crate) fn new(observer: Observer) -> Self {
-        Self(vec![observer])
+        Self {
+            fixed: vec![observer],
+            subscribed: Arc::default(),
+        }
     }
 
     /// These events, also heard by `tap`.
     pub(crate) fn tapped(&self, tap: Observer) -> Self {
-        let mut observers = self.0.clone();
-        observers.push(tap);
-        Self(observers)
+        let mut fixed = self.fixed.clone();
+        fixed.push(tap);
+        Self {
+            fixed,
+            subscribed: Arc::clone(&self.subscribed),
+        }
+    }
+
+    /// Adds `observer` until the returned subscription is dropped.
+    pub(crate) fn subscribe(&self, observer: Observer) -> Subscription {
+        let id = self.subscribed.next.fetch_add(1, Ordering::Relaxed);
+        self.subscribed
+            .list
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((id, observer));
+        Subscription {
+            id,
+            subscribers: Arc::downgrade(&self.subscribed),
+        }
     }
 
     /// Builds the event only when someone listens. A panicking observer
     /// (a progress bar's bug) must not fail a migration or the run.
     pub(crate) fn emit(&self, event: impl FnOnce() -> RunEvent) {
-        if self.0.is_empty() {
+        // Copied out, so that an observer may subscribe or drop a
+        // subscription without deadlocking on the list.
+        let subscribed: Vec<Observer> = {
+            let list = self
+                .subscribed
+                .list
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            list.iter()
+                .map(|(_, observer)| Arc::clone(observer))
+                .collect()
+        };
+        if self.fixed.is_empty() && subscribed.is_empty() {
             return;
         }
         let event = event();
-        for observer in &self.0 {
+        for observer in self.fixed.iter().chain(&subscribed) {
             if catch_unwind(AssertUnwindSafe(|| observer(&event))).is_err() {
                 tracing::warn!(?event, "a run observer panicked; the event is dropped");
             }
@@ -202,7 +246,41 @@ impl Events {
 
 impl fmt::Debug for Events {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Events({} observers)", self.0.len())
+        let subscribed = self.subscribed.list.read().map_or(0, |list| list.len());
+        write!(
+            f,
+            "Events({} observers, {subscribed} subscribed)",
+            self.fixed.len()
+        )
+    }
+}
+
+/// An observer added to a running application's runner by
+/// [`Runner::subscribe`](crate::Runner::subscribe): it hears every event of
+/// every run of the runner and its clones until this is dropped.
+#[must_use = "the observer is removed when the subscription is dropped"]
+pub struct Subscription {
+    id: u64,
+    subscribers: Weak<Subscribers>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(subscribers) = self.subscribers.upgrade() {
+            subscribers
+                .list
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|(id, _)| *id != self.id);
+        }
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .finish()
     }
 }
 

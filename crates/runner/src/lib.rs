@@ -8,7 +8,8 @@
 //! - [`Started`]: the [`RunReport`] of the required migrations and the
 //!   [`Background`] handle of the others.
 //! - [`RunEvent`]: what an [observer](RunnerBuilder::observer) hears, for
-//!   progress bars (done, total, rate, ETA).
+//!   progress bars (done, total, rate, ETA); [`Runner::subscribe`] adds
+//!   one to a built runner (a `migrate run` command's progress bars).
 //!
 //! The runner works on any [`MigrationStore`](waymark_core::MigrationStore);
 //! atomic handlers need a store with transactions
@@ -31,7 +32,7 @@ mod runner;
 pub use background::{Background, BackgroundStatus};
 pub use builder::RunnerBuilder;
 pub use declare::{DEFAULT_LOCK_WAIT, FailurePolicy, UndeclaredPolicy};
-pub use events::{Progress, RunEvent};
+pub use events::{Progress, RunEvent, Subscription};
 pub use handler::{BlockingMigrationHandler, Handler, HandlerKind, MigrationHandler};
 pub use plan::{Plan, PlannedAction, PlannedMigration};
 pub use report::{Failure, FailureKind, MigrationOutcome, RunReport, SkipReason, Status};

@@ -298,6 +298,20 @@ pub enum Status {
 }
 
 impl Status {
+    /// The outcome as a stable, machine-readable name: `"executed"`,
+    /// `"failed"`, `"skipped"`, `"already_done"`, `"undeclared"` or
+    /// `"stopped"` (the `migrate run --json` output).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Executed => "executed",
+            Self::Failed(_) => "failed",
+            Self::Skipped(_) => "skipped",
+            Self::AlreadyDone => "already_done",
+            Self::Undeclared => "undeclared",
+            Self::Stopped => "stopped",
+        }
+    }
+
     /// Whether this is a failure.
     pub fn is_failure(&self) -> bool {
         matches!(self, Self::Failed(_))

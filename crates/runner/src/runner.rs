@@ -11,6 +11,7 @@ use waymark_core::{Error, MigrationDef, MigrationStore};
 
 use crate::background::{self, Background};
 use crate::engine::Inner;
+use crate::events::{RunEvent, Subscription};
 use crate::plan::Plan;
 use crate::report::RunReport;
 
@@ -262,6 +263,41 @@ impl<S: Send + Sync + 'static, St: MigrationStore + Clone> Runner<S, St> {
             Err(err) => return Err(err),
         };
         Plan::compute(&rows, &self.inner.declared, &self.inner.settings)
+    }
+
+    /// Adds `observer` to this runner and its clones until the returned
+    /// [`Subscription`] is dropped: it hears every [`RunEvent`] of their
+    /// runs, background ones included, after the builder's
+    /// [`observer`](crate::RunnerBuilder::observer). For code that gets a
+    /// runner already built, such as a command showing progress bars.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use waymark_core::{MemoryStore, MigrationContext, MigrationDef};
+    /// use waymark_runner::{Handler, RunEvent, Runner};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+    /// let runner = Runner::builder(MemoryStore::new())
+    ///     .migration(
+    ///         MigrationDef::new(1, "fill_pace", "")?,
+    ///         Handler::async_fn(|_ctx: MigrationContext<()>| async { Ok::<(), std::io::Error>(()) }),
+    ///     )
+    ///     .build()?;
+    /// let heard = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&heard);
+    /// let subscription = runner.subscribe(move |event| {
+    ///     if let RunEvent::Succeeded { name, .. } = event {
+    ///         log.lock().unwrap().push(name.to_string());
+    ///     }
+    /// });
+    /// runner.run(()).await?.finish().await?;
+    /// drop(subscription);
+    /// assert_eq!(*heard.lock().unwrap(), ["fill_pace"]);
+    /// # Ok::<(), waymark_core::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn subscribe(&self, observer: impl Fn(&RunEvent) + Send + Sync + 'static) -> Subscription {
+        self.inner.settings.events.subscribe(Arc::new(observer))
     }
 
     /// The declared migrations, by ascending id.

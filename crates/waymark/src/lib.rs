@@ -17,6 +17,7 @@
 //! | [`store`] | backend authors: the store traits, locks, shared SQL, helpers, the conformance suites (feature `testkit`) |
 //! | [`render`] | plain-text tables for terminals |
 //! | [`stream`] | the activity stream codes of the original application |
+//! | [`cli`] (feature `cli`) | the `migrate` command an application mounts in its own binary |
 //!
 //! `default-features = false` leaves the in-memory [`MemoryStore`] only, for
 //! libraries and for applications' unit tests.
@@ -84,7 +85,7 @@ pub use waymark_runner::{
     Background, BackgroundStatus, BlockingMigrationHandler, DEFAULT_LOCK_WAIT, Failure,
     FailureKind, FailurePolicy, Handler, HandlerKind, MigrationHandler, MigrationOutcome, Plan,
     PlannedAction, PlannedMigration, Progress, RunEvent, RunReport, Runner, RunnerBuilder,
-    SkipReason, Started, Status, UndeclaredPolicy,
+    SkipReason, Started, Status, Subscription, UndeclaredPolicy,
 };
 
 /// The `time` crate of [`Migration::executed_at`], re-exported so that an
@@ -131,6 +132,9 @@ pub mod render {
 pub mod stream {
     pub use waymark_core::stream::*;
 }
+
+#[cfg(feature = "cli")]
+pub mod cli;
 
 /// The embedded SQLite store (feature `sqlite`, on by default), and the
 /// `rusqlite` version its atomic handlers receive transactions of.

@@ -1,0 +1,137 @@
+//! `mark-executed` and `mark-pending`: an operator's repairs, made under
+//! the locks so that no run executes a migration while its row is flipped.
+
+use serde::Serialize;
+
+use crate::cli::MarkArgs;
+use crate::cli::commands::print_json;
+use crate::cli::console::{Console, Failure, output_error};
+use crate::cli::exit;
+use crate::store::{LockGuard, LockHolder, LockRequest, LockScope};
+use crate::{Error, MigrationId, MigrationStore};
+
+/// Which repair.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Mark {
+    Executed,
+    Pending,
+}
+
+impl Mark {
+    fn state(self) -> &'static str {
+        match self {
+            Self::Executed => "executed",
+            Self::Pending => "pending",
+        }
+    }
+}
+
+/// `mark-* --json`.
+#[derive(Serialize)]
+struct MarkedJson<'a> {
+    marked: &'a [MigrationId],
+    state: &'static str,
+    /// Whether the locks were skipped (`--force`).
+    forced: bool,
+}
+
+pub(crate) async fn mark(
+    store: &dyn MigrationStore,
+    args: &MarkArgs,
+    mark: Mark,
+    json: bool,
+    console: &mut Console<'_>,
+) -> Result<u8, Failure> {
+    // Checked before any lock or change, so that a typo in the fifth id
+    // leaves the first four as they were.
+    store.prepare().await?;
+    for &id in &args.ids {
+        store.get(id).await?;
+    }
+    let _guards = if args.force {
+        tracing::warn!(
+            ids = ?args.ids,
+            "--force: changing the rows without the locks; a run in progress may execute them meanwhile"
+        );
+        Vec::new()
+    } else {
+        let guards = take_locks(store, args).await?;
+        tracing::info!("holding the run and background locks for the repair");
+        guards
+    };
+    for &id in &args.ids {
+        match mark {
+            Mark::Executed => store.mark_executed(id).await?,
+            Mark::Pending => store.mark_pending(id).await?,
+        }
+        if !json {
+            writeln!(console.out, "migration {id} marked {}", mark.state())
+                .map_err(output_error)?;
+        }
+    }
+    if json {
+        print_json(
+            console,
+            &MarkedJson {
+                marked: &args.ids,
+                state: mark.state(),
+                forced: args.force,
+            },
+        )?;
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// The run lock, then the background lock: while both are held no run of
+/// any replica executes a migration. A lock held for the whole wait is a
+/// refusal naming its holder.
+async fn take_locks(
+    store: &dyn MigrationStore,
+    args: &MarkArgs,
+) -> Result<Vec<LockGuard>, Failure> {
+    let mut guards = Vec::with_capacity(2);
+    for scope in [LockScope::Run, LockScope::Background] {
+        let request =
+            LockRequest::new(scope, args.lock_wait).with_holder(LockHolder::this_process());
+        match store.lock(&request).await {
+            Ok(guard) => guards.push(guard),
+            Err(Error::LockTimeout { waited }) => return Err(refusal(store, scope, waited).await),
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Ok(guards)
+}
+
+async fn refusal(
+    store: &dyn MigrationStore,
+    scope: LockScope,
+    waited: std::time::Duration,
+) -> Failure {
+    let holder = match store.locks().await {
+        Ok(locks) => locks
+            .into_iter()
+            .find(|lock| lock.scope == scope)
+            .map(|lock| {
+                let who = lock
+                    .holder
+                    .map_or_else(|| "an unnamed holder".to_owned(), |h| h.describe());
+                match lock.since {
+                    Some(since) => {
+                        format!("{who} since {}", crate::cli::watch::timestamp(Some(since)))
+                    }
+                    None => who,
+                }
+            }),
+        Err(_) => None,
+    };
+    let holder = holder.unwrap_or_else(|| "another process".to_owned());
+    Failure::new(
+        "locked",
+        format!(
+            "the {scope} lock is held by {holder}: a run may be executing these migrations; \
+             nothing was changed (waited {}; wait for the run to end, or pass --force)",
+            crate::render::human_duration(waited)
+        ),
+        exit::LOCKED,
+    )
+}
