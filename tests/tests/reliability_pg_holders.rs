@@ -34,21 +34,21 @@ fn reported(lines: &[String], ok: bool) -> Reported {
         .find(|line| line.starts_with("report "))
         .unwrap_or_else(|| panic!("no report in {lines:?}"));
     assert!(report.ends_with("failed=[]"), "{report}");
-    Reported {
-        executed: report.contains("executed=[1]"),
+    let reported = Reported {
+        executed: report.contains(" executed=[1]"),
         already_done: report.contains("already_done=[1]"),
-    }
+    };
+    // The events say the same as the report.
+    let heard = Reported {
+        executed: lines.iter().any(|line| line == "event executed 1"),
+        already_done: lines.iter().any(|line| line == "event already_done 1"),
+    };
+    assert_eq!(heard, reported, "events and report agree: {lines:?}");
+    reported
 }
 
 async fn effects(db: &TestDatabase) -> Vec<i64> {
-    db.admin()
-        .await
-        .query("SELECT pid FROM effects", &[])
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect()
+    effects_of(&db.admin().await).await
 }
 
 /// Terminates the session holding the run lock (the only advisory lock).

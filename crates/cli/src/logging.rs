@@ -24,17 +24,12 @@ pub fn install(verbose: u8, quiet: u8) {
         }
         _ => EnvFilter::new(level),
     };
-    let ansi = std::io::stderr().is_terminal() && color_allowed();
+    let ansi = std::io::stderr().is_terminal() && waymark::cli::color_allowed();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi)
         .with_writer(ScrubbedLine::default)
         .init();
-}
-
-/// `NO_COLOR` (any non-empty value) turns colour off, as no-color.org says.
-pub fn color_allowed() -> bool {
-    std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
 }
 
 /// One log line, collected and then written scrubbed in one piece.

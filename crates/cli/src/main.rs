@@ -17,7 +17,7 @@ mod connection;
 mod logging;
 mod redact;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
@@ -70,12 +70,7 @@ fn main() -> ExitCode {
 async fn execute(cli: Cli) -> ExitCode {
     let json = cli.json;
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-    let terminal = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
-    let mut console = Console::new(&mut out, &mut err)
-        .program("waymark")
-        .filter(redact::scrub)
-        .terminal(terminal)
-        .color(logging::color_allowed());
+    let mut console = console(&mut out, &mut err);
     if !cli.command.opens_database() {
         // `run` and `plan`: refused (exit 2, saying how to mount the
         // command in the application) before any database is opened; the
@@ -119,21 +114,22 @@ async fn execute(cli: Cli) -> ExitCode {
     }
 }
 
+/// The process's streams, every message and row scrubbed of passwords.
+fn console<'a>(out: &'a mut (dyn Write + Send), err: &'a mut (dyn Write + Send)) -> Console<'a> {
+    Console::stdio(out, err)
+        .program("waymark")
+        .filter(redact::scrub)
+}
+
 /// Prints one scrubbed error (a line, or a JSON object) on stderr.
 fn fail(json: bool, error: &Error) -> ExitCode {
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-    Console::new(&mut out, &mut err)
-        .program("waymark")
-        .filter(redact::scrub)
-        .report_error(json, error)
+    console(&mut out, &mut err).report_error(json, error)
 }
 
 /// clap's usage errors (exit 2), scrubbed: one may quote any argument
 /// ("unexpected argument '…'").
 fn usage_error(error: &clap::Error) -> ExitCode {
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-    let mut console = Console::new(&mut out, &mut err)
-        .program("waymark")
-        .filter(redact::scrub);
-    waymark::cli::usage_error(error, &mut console)
+    waymark::cli::usage_error(error, &mut console(&mut out, &mut err))
 }

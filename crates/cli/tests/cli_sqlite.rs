@@ -143,6 +143,97 @@ fn usage_errors_exit_with_two() {
     let help = waymark_raw(&["--help"]);
     assert_eq!(help.code, 0);
     assert!(help.stdout.contains("pending"));
+    assert!(
+        help.stdout
+            .contains("4  the lock is held by another process"),
+        "--help lists the exit codes: {}",
+        help.stdout
+    );
+}
+
+/// Shell completions and the man page come from the same command line.
+#[test]
+fn completions_and_the_man_page_are_generated() {
+    for (shell, marker) in [
+        ("bash", "_waymark()"),
+        ("zsh", "#compdef waymark"),
+        ("fish", "complete -c waymark"),
+        ("elvish", "edit:completion:arg-completer[waymark]"),
+        ("powershell", "Register-ArgumentCompleter"),
+    ] {
+        let out = waymark_raw(&["completions", shell]).expect(0).stdout;
+        assert!(out.contains(marker), "{shell}: {out}");
+        assert!(out.contains("mark-executed"), "{shell} knows the commands");
+    }
+    waymark_raw(&["completions", "tcsh"]).expect(2);
+    let man = waymark_raw(&["man"]).expect(0).stdout;
+    assert!(man.starts_with(".ie"), "roff: {man}");
+    assert!(man.contains(".TH waymark 1"), "{man}");
+    assert!(man.contains("mark\\-executed"), "{man}");
+    assert!(man.contains("WAYMARK_TABLE"), "{man}");
+}
+
+/// `--table` and `--schema` come from the environment too.
+#[test]
+fn the_table_comes_from_waymark_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("app.db").display());
+    let env = [("WAYMARK_TABLE", "data_migrations")];
+    support::waymark_env(&url, &["register", "1", "one", ""], &env).expect(0);
+    let rows = support::waymark_env(&url, &["pending", "--json"], &env).expect(3);
+    assert!(rows.stdout.contains("\"one\""), "{}", rows.stdout);
+    // The default table was never created.
+    let err = waymark(&url, &["status"]).expect(1).stderr;
+    assert!(err.contains("not initialised"), "{err}");
+}
+
+/// Log lines go to stderr: warnings by default, none with `-qq`, and what
+/// `RUST_LOG` asks for when it is set.
+#[test]
+fn log_levels_follow_the_flags_and_rust_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("app.db").display());
+    waymark(&url, &["register", "1", "one", ""]).expect(0);
+    let forced = ["mark-executed", "1", "--force"];
+    let warned = waymark(&url, &forced).expect(0).stderr;
+    assert!(
+        warned.contains("WARN") && warned.contains("--force"),
+        "{warned}"
+    );
+    // The warning itself is not a log line: it stays with -qq and RUST_LOG=off.
+    let warning = "waymark: warning: --force: changing the rows without the locks";
+    let silent = waymark(&url, &["-qq", "mark-executed", "1", "--force"])
+        .expect(0)
+        .stderr;
+    assert!(
+        silent.starts_with(warning) && !silent.contains("WARN"),
+        "{silent}"
+    );
+    let quiet = support::waymark_env(&url, &forced, &[("RUST_LOG", "off")]).expect(0);
+    assert!(
+        quiet.stderr.starts_with(warning) && !quiet.stderr.contains("WARN"),
+        "{}",
+        quiet.stderr
+    );
+    assert_eq!(waymark(&url, &["-q", "status"]).expect(0).stderr, "");
+    let debug = waymark(&url, &["-vv", "status"]).expect(0).stderr;
+    assert!(
+        debug.contains("DEBUG") && debug.contains("migrate command"),
+        "{debug}"
+    );
+    let chosen = support::waymark_env(&url, &["status"], &[("RUST_LOG", "debug")]).expect(0);
+    assert!(
+        chosen.stderr.contains("migrate command"),
+        "{}",
+        chosen.stderr
+    );
+    // Not a terminal: no colour codes.
+    assert!(!warned.contains('\u{1b}'), "{warned:?}");
+    assert_eq!(
+        waymark(&url, &["-v", "-q", "status"]).code,
+        2,
+        "-v and -q conflict"
+    );
 }
 
 /// `init --dry-run` says what `init` would do and changes nothing: on a
@@ -210,4 +301,38 @@ fn status_on_a_foreign_file_changes_nothing() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     assert_eq!(entries, ["app.db"], "no -wal, -shm or lock file");
+}
+
+/// Every key the JSON schema of the tests holds is in docs/operations.md's
+/// JSON section, so the docs and the output cannot drift apart silently.
+#[test]
+fn the_json_shapes_are_the_documented_ones() {
+    let docs = include_str!("../../../docs/operations.md");
+    let start = docs.find("### JSON output").expect("the JSON section");
+    let section = &docs[start..];
+    let section = &section[..section[4..]
+        .find("\n### ")
+        .map_or(section.len(), |end| end + 4)];
+    use support::schema::*;
+    for (what, keys) in [
+        ("migration", MIGRATION),
+        ("status", STATUS),
+        ("lock", LOCK),
+        ("holder", HOLDER),
+        ("marked", MARKED),
+        ("init", INIT),
+        ("init --dry-run", INIT_PLAN),
+        ("error", ERROR),
+        ("error body", ERROR_BODY),
+        ("plan step", PLAN_STEP),
+        ("run", RUN),
+        ("outcome", OUTCOME),
+    ] {
+        for key in keys {
+            assert!(
+                section.contains(&format!("\"{key}\"")),
+                "{what}: {key:?} is not in docs/operations.md's JSON section"
+            );
+        }
+    }
 }

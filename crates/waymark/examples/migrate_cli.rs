@@ -122,9 +122,10 @@ fn runner<St: MigrationStore + Clone + 'static>(store: St) -> Result<Runner<Ride
 }
 
 async fn dispatch<St: MigrationStore + Clone + 'static>(store: St, command: Command) -> ExitCode {
+    let json = matches!(&command, Command::Migrate(m) if m.json);
     let runner = match runner(store) {
         Ok(runner) => runner,
-        Err(err) => return report(false, &err),
+        Err(err) => return report(json, &err),
     };
     match command {
         Command::Migrate(migrate) => migrate.run(&runner, Rides::from_env()).await,
@@ -136,7 +137,7 @@ async fn dispatch<St: MigrationStore + Clone + 'static>(store: St, command: Comm
                 );
                 ExitCode::SUCCESS
             }
-            Err(err) => report(false, &err),
+            Err(err) => report(json, &err),
         },
     }
 }

@@ -11,15 +11,15 @@
 //!
 //! Migration 1 inserts this process's pid into `effects` and sleeps
 //! `sleep-ms` inside its transaction (printing `running` when it starts);
-//! the run's report is printed as `report executed=[..] already_done=[..]
-//! failed=[..]`. Exit codes: 0 a report, 1 an error (on stderr).
+//! the run's events as `event executed|already_done|failed <id>`, and its
+//! report as `report executed=[..] already_done=[..] failed=[..]`. Exit codes: 0 a report, 1 an error (on stderr).
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use waymark_core::{BoxError, MigrationDef, error_chain};
 use waymark_postgres::{PostgresConfig, PostgresStore};
-use waymark_runner::{RunReport, Runner};
+use waymark_runner::{RunEvent, RunReport, Runner};
 
 /// A helper orphaned by a failed test exits on its own after this.
 const LIFETIME: Duration = Duration::from_secs(300);
@@ -65,6 +65,12 @@ async fn slow_atomic(url: &str, sleep: &str, bound: Option<&str>) -> Result<RunR
     let def = MigrationDef::new(1, "slow_recount", "inserts a row without a unique key")?;
     let runner = Runner::<(), PostgresStore>::builder(store)
         .lock_wait(Duration::from_secs(60))
+        .observer(|event| match event {
+            RunEvent::Succeeded { id, .. } => println!("event executed {id}"),
+            RunEvent::AlreadyDone { id, .. } => println!("event already_done {id}"),
+            RunEvent::Failed { id, .. } => println!("event failed {id}"),
+            _ => {}
+        })
         .atomic(def, move |tx, _ctx| {
             Box::pin(async move {
                 tx.execute(

@@ -169,7 +169,8 @@ pub const ANNOUNCE: &str = "SELECT count(set_config(s.name, s.value, false)) \
      WHERE s.name IN (SELECT name FROM pg_settings)";
 
 /// The advisory locks among the keys `$1` (`BIGINT[]`) held in this
-/// database now: key, the holding backend's pid, its `application_name`,
+/// database now, exclusively (the shared transaction locks replicas wait
+/// on together are not holders): key, the holding backend's pid, its `application_name`,
 /// client address and when its state last changed (the lock session runs
 /// nothing after [`ANNOUNCE`], so that is when it took the lock). Columns
 /// other than the key and pid are NULL for a session of another role,
@@ -178,9 +179,14 @@ pub const HELD_LOCKS: &str = "SELECT (l.classid::bigint << 32) | l.objid::bigint
      l.pid, a.application_name, host(a.client_addr), a.state_change \
      FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
      WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+     AND l.mode = 'ExclusiveLock' \
      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
      AND ((l.classid::bigint << 32) | l.objid::bigint) = ANY($1) \
      ORDER BY l.pid";
+
+/// The application's name keeps at least this much of the tag, however
+/// long the host name.
+const MIN_APPLICATION_CHARS: usize = 16;
 
 /// The prefix of every lock session's `application_name`.
 const TAG_PREFIX: &str = "waymark ";
@@ -215,12 +221,22 @@ pub fn session_tag(scope: LockScope, holder: &LockHolder) -> String {
             .collect()
     };
     // Spaces separate the fields: none inside the host.
-    let host = clean(&holder.host).replace(' ', "?");
-    let mut tag = format!(
-        "{TAG_PREFIX}{scope} {}@{host} {}",
-        holder.pid,
-        clean(&holder.application)
-    );
+    let mut host = clean(&holder.host).replace(' ', "?");
+    let application = clean(&holder.application);
+    let head = format!("{TAG_PREFIX}{scope} {}@", holder.pid);
+    // What is left for "<host> <application>".
+    let room = MAX_APPLICATION_NAME.saturating_sub(head.len() + 1);
+    if host.len() + application.len() > room {
+        // A long host name (`ip-10-0-12-34.eu-west-1.compute.internal`)
+        // gives way first: its first label names the machine.
+        if let Some(dot) = host.find('.') {
+            host.truncate(dot);
+        }
+    }
+    let kept_for_application = application.len().min(MIN_APPLICATION_CHARS);
+    host.truncate(room.saturating_sub(kept_for_application));
+    // Printable ASCII only, so byte lengths are character counts.
+    let mut tag = format!("{head}{host} {application}");
     tag.truncate(MAX_APPLICATION_NAME);
     tag
 }
@@ -246,6 +262,33 @@ pub fn parse_session_tag(tag: &str) -> Option<(LockScope, LockHolder)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_host_names_leave_room_for_the_application() {
+        let holder = LockHolder::at(
+            "ip-10-0-12-34.eu-west-1.compute.internal",
+            4_194_304,
+            "billing-api-worker",
+        );
+        for scope in [LockScope::Run, LockScope::Background] {
+            let tag = session_tag(scope, &holder);
+            assert!(tag.len() <= MAX_APPLICATION_NAME, "{tag}");
+            let (parsed_scope, parsed) = parse_session_tag(&tag).unwrap();
+            assert_eq!(parsed_scope, scope);
+            assert_eq!(parsed.host, "ip-10-0-12-34", "{tag}");
+            assert_eq!(parsed.pid, 4_194_304);
+            assert_eq!(parsed.application, "billing-api-worker", "{tag}");
+        }
+        // A host with no dots that fills everything is cut, not the name.
+        let holder = LockHolder::at("h".repeat(80), 7, "app");
+        let (_, parsed) = parse_session_tag(&session_tag(LockScope::Background, &holder)).unwrap();
+        assert_eq!(parsed.application, "app");
+        assert!(parsed.host.starts_with("hhh"));
+        // Short names are kept whole.
+        let holder = LockHolder::at("db-1.internal", 12, "api");
+        let (_, parsed) = parse_session_tag(&session_tag(LockScope::Run, &holder)).unwrap();
+        assert_eq!(parsed.host, "db-1.internal");
+    }
 
     #[test]
     fn bounds_split_into_idle_and_probes() {

@@ -21,7 +21,9 @@ pub(crate) async fn execute(
         }
         Action::Status(_) => {
             let rows = console.shown(&store.list().await?);
-            let locks = readable_locks(store).await?;
+            let locks = readable_locks(store)
+                .await?
+                .map(|locks| console.shown_locks(&locks));
             if json {
                 print_json(
                     console,
@@ -34,7 +36,7 @@ pub(crate) async fn execute(
                 write!(
                     console.out,
                     "{}",
-                    watch::status_text(&rows, locks.as_deref())
+                    watch::status_text(&rows, locks.as_deref(), true)
                 )
                 .map_err(output_error)?;
             }
@@ -105,11 +107,11 @@ pub(crate) async fn execute(
             Ok(exit::SUCCESS)
         }
         Action::Locks => {
-            let locks = store.locks().await?;
+            let locks = console.shown_locks(&store.locks().await?);
             if json {
                 print_json(console, &locks)?;
             } else {
-                write!(console.out, "{}", watch::locks_text(&locks)).map_err(output_error)?;
+                write!(console.out, "{}", watch::locks_text(&locks, true)).map_err(output_error)?;
             }
             Ok(exit::SUCCESS)
         }

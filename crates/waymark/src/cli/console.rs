@@ -54,6 +54,28 @@ impl<'a> Console<'a> {
             .map_or_else(|| text.to_owned(), |filter| filter(text))
     }
 
+    /// `locks` as they may be shown: holders and details filtered (a lock
+    /// file's path is the database path the user typed).
+    pub(crate) fn shown_locks(
+        &self,
+        locks: &[crate::store::LockInfo],
+    ) -> Vec<crate::store::LockInfo> {
+        locks
+            .iter()
+            .map(|lock| {
+                let mut lock = lock.clone();
+                if self.filter.is_some() {
+                    if let Some(holder) = &mut lock.holder {
+                        holder.host = self.filtered(&holder.host);
+                        holder.application = self.filtered(&holder.application);
+                    }
+                    lock.detail = lock.detail.as_deref().map(|d| self.filtered(d));
+                }
+                lock
+            })
+            .collect()
+    }
+
     /// `rows` as they may be shown.
     pub(crate) fn shown(&self, rows: &[crate::Migration]) -> Vec<crate::Migration> {
         rows.iter()
@@ -68,6 +90,15 @@ impl<'a> Console<'a> {
                 row
             })
             .collect()
+    }
+
+    /// Output to `out`, errors and progress to `err`, which are the
+    /// process's standard output and error: a terminal when both are one,
+    /// colour unless `NO_COLOR` says otherwise.
+    pub fn stdio(out: &'a mut (dyn Write + Send), err: &'a mut (dyn Write + Send)) -> Self {
+        Self::new(out, err)
+            .terminal(stdio_is_terminal())
+            .color(color_allowed())
     }
 
     /// Whether `err` is a terminal a person watches: progress bars (drawn
@@ -143,13 +174,14 @@ pub fn usage_error(error: &clap::Error, console: &mut Console<'_>) -> ExitCode {
     ExitCode::from(exit::USAGE)
 }
 
-/// `NO_COLOR` (any non-empty value) turns colour off, as no-color.org says.
-pub(crate) fn color_allowed() -> bool {
+/// Whether colour may be used: not when `NO_COLOR` is set to anything
+/// non-empty (no-color.org).
+pub fn color_allowed() -> bool {
     std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
 }
 
 /// Both standard streams are terminals.
-pub(crate) fn stdio_is_terminal() -> bool {
+fn stdio_is_terminal() -> bool {
     std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
 }
 

@@ -66,7 +66,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 pub use args::{Action, MarkArgs, MigrateCommand, StatusArgs};
-pub use console::{Console, usage_error};
+pub use console::{Console, color_allowed, usage_error};
 
 use crate::{Error, MigrationStore, Plan, RunEvent, RunReport, Runner, Subscription};
 
@@ -107,10 +107,8 @@ impl MigrateCommand {
         St: MigrationStore + Clone + 'static,
     {
         let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-        let mut console = Console::new(&mut out, &mut err)
-            .terminal(console::stdio_is_terminal())
-            .color(console::color_allowed());
-        self.execute(runner, state, &mut console).await
+        self.execute(runner, state, &mut Console::stdio(&mut out, &mut err))
+            .await
     }
 
     /// [`run`](Self::run), writing to `console`.
@@ -141,10 +139,8 @@ impl MigrateCommand {
     /// message saying how to mount the command in the application.
     pub async fn run_without_handlers(self, store: &dyn MigrationStore) -> ExitCode {
         let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-        let mut console = Console::new(&mut out, &mut err)
-            .terminal(console::stdio_is_terminal())
-            .color(console::color_allowed());
-        self.execute_without_handlers(store, &mut console).await
+        self.execute_without_handlers(store, &mut Console::stdio(&mut out, &mut err))
+            .await
     }
 
     /// [`run_without_handlers`](Self::run_without_handlers), writing to `console`.

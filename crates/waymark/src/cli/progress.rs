@@ -126,12 +126,12 @@ pub(crate) async fn run(
     let report = loop {
         tokio::select! {
             report = &mut running => break report,
-            Some(event) = seen.recv() => display.show(event, console)?,
+            Some(event) = seen.recv() => display.show(event, console),
         }
     };
     drop(subscription);
     while let Ok(event) = seen.try_recv() {
-        display.show(event, console)?;
+        display.show(event, console);
     }
     display.finish();
     let report = report?;
@@ -154,14 +154,17 @@ enum Display {
 }
 
 impl Display {
-    fn show(&mut self, event: Seen, console: &mut Console<'_>) -> Result<(), Failure> {
+    /// Best effort: progress that cannot be written (stderr closed) must
+    /// not stop the run, whose migrations go on to the end.
+    fn show(&mut self, event: Seen, console: &mut Console<'_>) {
         match self {
-            Self::Quiet => Ok(()),
-            Self::Bars(bars) => {
-                bars.show(event);
-                Ok(())
+            Self::Quiet => {}
+            Self::Bars(bars) => bars.show(event),
+            Self::Lines(labels) => {
+                if let Some(line) = progress_line(labels, event) {
+                    let _ = writeln!(console.err, "{line}");
+                }
             }
-            Self::Lines(labels) => show_line(labels, event, console),
         }
     }
 
@@ -176,17 +179,13 @@ impl Display {
     }
 }
 
-fn show_line(
+/// The plain line for `event`, if it gets one now.
+fn progress_line(
     labels: &mut HashMap<MigrationId, (String, Instant)>,
     event: Seen,
-    console: &mut Console<'_>,
-) -> Result<(), Failure> {
+) -> Option<String> {
     let line = match event {
-        Seen::Waiting { waited, limit } => format!(
-            "waiting for the run lock, held by another process ({} of {})",
-            human_duration(waited),
-            human_duration(limit)
-        ),
+        Seen::Waiting { waited, limit } => waiting_line(waited, limit),
         Seen::Started {
             id,
             label,
@@ -210,12 +209,10 @@ fn show_line(
             rate,
             eta,
         } => {
-            let Some((label, last)) = labels.get_mut(&id) else {
-                return Ok(());
-            };
+            let (label, last) = labels.get_mut(&id)?;
             let finished = total.is_some_and(|total| done >= total);
             if last.elapsed() < LINE_EVERY && !finished {
-                return Ok(());
+                return None;
             }
             *last = Instant::now();
             format!("{label}: {}", figures(done, total, rate, eta))
@@ -225,7 +222,15 @@ fn show_line(
             None => format!("migration {id}: {what}"),
         },
     };
-    writeln!(console.err, "{line}").map_err(output_error)
+    Some(line)
+}
+
+fn waiting_line(waited: Duration, limit: Duration) -> String {
+    format!(
+        "waiting for the run lock, held by another process ({} of {})",
+        human_duration(waited),
+        human_duration(limit)
+    )
 }
 
 /// `500/1000 (50%), 12.3/s, ETA 40s`.
@@ -238,7 +243,7 @@ fn figures(done: u64, total: Option<u64>, rate: f64, eta: Option<Duration>) -> S
         None => done.to_string(),
     };
     text.push_str(&format!(", {rate:.1}/s"));
-    if let Some(eta) = eta {
+    if let Some(eta) = eta.filter(|_| total.is_none_or(|total| done < total)) {
         text.push_str(&format!(", ETA {}", human_duration(eta)));
     }
     text
@@ -285,11 +290,7 @@ impl Bars {
     fn show(&mut self, event: Seen) {
         match event {
             Seen::Waiting { waited, limit } => {
-                let _ = self.multi.println(format!(
-                    "waiting for the run lock, held by another process ({} of {})",
-                    human_duration(waited),
-                    human_duration(limit)
-                ));
+                let _ = self.multi.println(waiting_line(waited, limit));
             }
             Seen::Started {
                 id,

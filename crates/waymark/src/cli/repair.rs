@@ -49,10 +49,13 @@ pub(crate) async fn mark(
         store.get(id).await?;
     }
     let _guards = if args.force {
-        tracing::warn!(
-            ids = ?args.ids,
-            "--force: changing the rows without the locks; a run in progress may execute them meanwhile"
-        );
+        // Said on stderr whether or not the application logs anywhere; the
+        // JSON mode keeps stderr for its error object and logs it only.
+        let warning = "--force: changing the rows without the locks; a run in progress may execute them meanwhile";
+        tracing::warn!(ids = ?args.ids, "{warning}");
+        if !json {
+            let _ = writeln!(console.err, "{}: warning: {warning}", console.program);
+        }
         Vec::new()
     } else {
         let guards = take_locks(store, args).await?;
@@ -90,12 +93,16 @@ async fn take_locks(
     args: &MarkArgs,
 ) -> Result<Vec<LockGuard>, Failure> {
     let mut guards = Vec::with_capacity(2);
+    // One wait for both locks, as documented: the second gets what is left.
+    let deadline = std::time::Instant::now() + args.lock_wait;
     for scope in [LockScope::Run, LockScope::Background] {
-        let request =
-            LockRequest::new(scope, args.lock_wait).with_holder(LockHolder::this_process());
+        let wait = deadline.saturating_duration_since(std::time::Instant::now());
+        let request = LockRequest::new(scope, wait).with_holder(LockHolder::this_process());
         match store.lock(&request).await {
             Ok(guard) => guards.push(guard),
-            Err(Error::LockTimeout { waited }) => return Err(refusal(store, scope, waited).await),
+            Err(Error::LockTimeout { .. }) => {
+                return Err(refusal(store, scope, args.lock_wait).await);
+            }
             Err(err) => return Err(err.into()),
         }
     }

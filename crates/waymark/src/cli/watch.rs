@@ -24,8 +24,9 @@ pub(crate) fn timestamp(at: Option<OffsetDateTime>) -> String {
     .unwrap_or_else(|| "-".into())
 }
 
-/// The rows, then one line per lock.
-pub(crate) fn status_text(rows: &[Migration], locks: Option<&[LockInfo]>) -> String {
+/// The rows, then one line per lock; with `age`, how long each lock has
+/// been held.
+pub(crate) fn status_text(rows: &[Migration], locks: Option<&[LockInfo]>, age: bool) -> String {
     let mut text = if rows.is_empty() {
         "no migrations tracked\n".to_owned()
     } else {
@@ -33,30 +34,34 @@ pub(crate) fn status_text(rows: &[Migration], locks: Option<&[LockInfo]>) -> Str
     };
     text.push('\n');
     match locks {
-        Some(locks) => text.push_str(&locks_text(locks)),
+        Some(locks) => text.push_str(&locks_text(locks, age)),
         None => text.push_str("locks: this store cannot tell who holds them\n"),
     }
     text
 }
 
 /// One line per scope: free, or who holds it, since when, from where.
-pub(crate) fn locks_text(locks: &[LockInfo]) -> String {
+pub(crate) fn locks_text(locks: &[LockInfo], age: bool) -> String {
     let mut text = String::new();
     for scope in [LockScope::Run, LockScope::Background] {
         let _ = match locks.iter().find(|lock| lock.scope == scope) {
             None => writeln!(text, "{scope} lock: free"),
-            Some(lock) => writeln!(text, "{scope} lock: held {}", held_by(lock)),
+            Some(lock) => writeln!(text, "{scope} lock: held {}", held_by(lock, age)),
         };
     }
     text
 }
 
-fn held_by(lock: &LockInfo) -> String {
+fn held_by(lock: &LockInfo, age: bool) -> String {
     let mut text = match &lock.holder {
         Some(holder) => format!("by {}", holder.describe()),
         None => "by an unnamed holder".to_owned(),
     };
     if let Some(since) = lock.since {
+        if !age {
+            let _ = write!(text, " since {}", timestamp(Some(since)));
+            return with_detail(text, lock);
+        }
         let held_for = (OffsetDateTime::now_utc() - since)
             .try_into()
             .unwrap_or(Duration::ZERO);
@@ -67,6 +72,10 @@ fn held_by(lock: &LockInfo) -> String {
             human_duration(held_for)
         );
     }
+    with_detail(text, lock)
+}
+
+fn with_detail(mut text: String, lock: &LockInfo) -> String {
     if let Some(detail) = &lock.detail {
         let _ = write!(text, "; {detail}");
     }
@@ -74,7 +83,8 @@ fn held_by(lock: &LockInfo) -> String {
 }
 
 /// Redraws the status every `interval` while a lock is held, and once
-/// more when none is. On a terminal each frame replaces the last; with
+/// more when none is (twice, after a run, to bridge the moment between its
+/// required and background migrations). On a terminal each frame replaces the last; with
 /// `json` each frame is one JSON object on one line; otherwise a frame is
 /// printed when it differs from the one before.
 pub(crate) async fn watch(
@@ -84,9 +94,12 @@ pub(crate) async fn watch(
     console: &mut Console<'_>,
 ) -> Result<u8, Failure> {
     let mut last = String::new();
+    let (mut seen_running, mut idle_polls) = (false, 0);
     loop {
         let rows = console.shown(&store.list().await?);
-        let locks = readable_locks(store).await?;
+        let locks = readable_locks(store)
+            .await?
+            .map(|l| console.shown_locks(&l));
         // A store that cannot tell who holds its locks cannot say when a
         // run ends: it is drawn once.
         let running = locks.as_ref().is_some_and(|locks| !locks.is_empty());
@@ -98,7 +111,9 @@ pub(crate) async fn watch(
             .map_err(|e| output_error(std::io::Error::other(e)))?;
             writeln!(console.out, "{frame}").map_err(output_error)?;
         } else {
-            let frame = status_text(&rows, locks.as_deref());
+            // Away from a terminal a frame is printed when it changed: without
+            // the ticking age of the locks.
+            let frame = status_text(&rows, locks.as_deref(), console.terminal);
             if console.terminal {
                 let footer = if running {
                     format!(
@@ -119,8 +134,16 @@ pub(crate) async fn watch(
             }
         }
         console.out.flush().map_err(output_error)?;
-        if !running {
-            return Ok(exit::SUCCESS);
+        if running {
+            seen_running = true;
+            idle_polls = 0;
+        } else {
+            idle_polls += 1;
+            // Between the required migrations and the background ones no
+            // lock is held for a moment: a run is over after two idle polls.
+            if !seen_running || idle_polls >= 2 {
+                return Ok(exit::SUCCESS);
+            }
         }
         tokio::time::sleep(interval).await;
     }
