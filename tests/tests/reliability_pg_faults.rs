@@ -101,6 +101,29 @@ async fn items(admin: &Client) -> Vec<i64> {
         .collect()
 }
 
+/// Waits until backend `pid` is running its `pg_sleep`.
+async fn sleeping(admin: &tokio_postgres::Client, pid: i32) {
+    let deadline = std::time::Instant::now() + NO_HANG;
+    loop {
+        let active = admin
+            .query_opt(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active' \
+                 AND query LIKE '%pg_sleep%'",
+                &[&pid],
+            )
+            .await
+            .unwrap();
+        if active.is_some() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backend {pid} never slept"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// `(id, executed, attempts)` of every tracked row.
 fn states(rows: &[Migration]) -> Vec<(i64, bool, u32)> {
     rows.iter()
@@ -142,6 +165,10 @@ async fn terminating_a_migrations_session_rolls_it_back_and_the_next_run_complet
         async move { run(&runner).await }
     });
     let pid = pids.recv().await.unwrap();
+    // Terminated while its statement runs, so that the server's FATAL
+    // message is the statement's answer (terminated between two
+    // statements, the client would only see its connection closed).
+    sleeping(&admin, pid).await;
     assert!(db.terminate(pid).await);
     let err = running.await.unwrap().unwrap_err();
     match &err {
@@ -187,7 +214,8 @@ async fn terminating_every_session_of_the_runner_mid_migration_is_recovered() {
         let runner = runner.clone();
         async move { run(&runner).await }
     });
-    pids.recv().await.unwrap();
+    let pid = pids.recv().await.unwrap();
+    sleeping(&db.admin().await, pid).await;
     assert_eq!(db.advisory_locks().await.len(), 1, "the run holds its lock");
     assert!(
         db.terminate_all().await >= 2,
