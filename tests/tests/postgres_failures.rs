@@ -476,3 +476,93 @@ async fn wait_for_lock_waiter(db: &TestDatabase) -> i32 {
     }
     panic!("the store's call never waited for the lock");
 }
+
+/// Waits until backend `pid` is kept aside for the next lock: idle, its
+/// unlock confirmed, named so.
+async fn kept(db: &waymark_tests::pg::TestDatabase, pid: i32) {
+    let admin = db.admin().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = admin
+            .query_opt(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = $1 \
+                 AND application_name = 'waymark idle lock session' AND state = 'idle'",
+                &[&pid],
+            )
+            .await
+            .unwrap();
+        if row.is_some() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "session {pid} was not kept"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A store's lock session is unlocked and kept aside when the lock is
+/// released, and the next lock (by `lock` or `lock_or_wait`) takes it
+/// instead of opening a session. While kept it holds nothing (another
+/// store takes the lock at once); one killed while kept is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_session_is_kept_between_locks_holding_nothing() {
+    use waymark_core::store::{LockRequest, LockScope};
+    let db = waymark_tests::pg::fresh_database().await;
+    let store = db.store().await;
+    store.prepare().await.unwrap();
+    let request = LockRequest::new(LockScope::Run, Duration::from_secs(5));
+    let holder = || async { db.advisory_locks().await[0].pid };
+
+    let guard = store.lock(&request).await.unwrap();
+    let first = holder().await;
+    drop(guard);
+    kept(&db, first).await;
+    assert!(
+        db.advisory_locks().await.is_empty(),
+        "the kept session holds nothing"
+    );
+
+    // Another store (another replica) is not held up by the kept session.
+    let other = db.store().await;
+    drop(
+        other
+            .lock(&LockRequest::new(LockScope::Run, Duration::ZERO))
+            .await
+            .unwrap(),
+    );
+    drop(other);
+
+    let guard = store.lock(&request).await.unwrap();
+    assert_eq!(holder().await, first, "the kept session took the lock");
+    drop(guard);
+    kept(&db, first).await;
+    let guard = store
+        .lock_or_wait(&request)
+        .await
+        .unwrap()
+        .expect("free, so taken");
+    assert_eq!(holder().await, first, "lock_or_wait takes it too");
+    drop(guard);
+
+    // Killed while kept: the next lock opens another session.
+    kept(&db, first).await;
+    assert!(db.terminate(first).await);
+    let guard = store.lock(&request).await.unwrap();
+    let fresh = holder().await;
+    assert_ne!(fresh, first);
+    guard.check().unwrap();
+    drop(guard);
+    kept(&db, fresh).await;
+    assert!(db.terminate(fresh).await);
+    let guard = store.lock_or_wait(&request).await.unwrap().expect("taken");
+    assert_ne!(holder().await, fresh);
+    drop(guard);
+    assert!(
+        db.wait_for_no_advisory_locks(Duration::from_secs(10))
+            .await
+            .is_empty(),
+        "nothing left held"
+    );
+}

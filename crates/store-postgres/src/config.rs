@@ -214,6 +214,12 @@ impl PostgresConfig {
     /// socket at once. Behind a pooler the setting reaches the pooler's
     /// server connection, not the holder's.
     ///
+    /// Only the lock's session gets it: the pooled sessions keep the
+    /// server's keepalive settings, since these slow every round trip; the
+    /// row locks an atomic migration's transaction took when its holder
+    /// was cut off last as long as the server's own keepalives say
+    /// (docs/reliability.md).
+    ///
     /// [`DeadHolderBound::worst_case`]: waymark_core::store::advisory::DeadHolderBound::worst_case
     pub fn dead_holder_timeout(mut self, timeout: Duration) -> Self {
         self.dead_holder_timeout = timeout;

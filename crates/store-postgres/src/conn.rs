@@ -183,6 +183,15 @@ pub(crate) struct Detached {
 }
 
 impl Detached {
+    /// A connection already out of the pool (the store's kept lock
+    /// session), cancelled and closed like any other if abandoned.
+    pub(crate) fn new(client: ClientWrapper, canceller: Canceller) -> Self {
+        Self {
+            client: Some(client),
+            canceller,
+        }
+    }
+
     /// The connection, once its call has answered: from now on dropping it
     /// only closes it.
     pub(crate) fn into_client(mut self) -> ClientWrapper {

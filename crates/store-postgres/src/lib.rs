@@ -23,8 +23,11 @@
 //!   different tables never block each other (the run lock's key is the
 //!   one every earlier version used). The
 //!   connection holding it has left the pool for good: it is never handed
-//!   back still holding the lock, and when the guard is dropped or the
-//!   process dies, the session ends and the server frees the lock at once.
+//!   back to the pool. Dropping the guard unlocks on that session and,
+//!   once the server has confirmed the unlock, keeps the session aside,
+//!   holding nothing, for the store's next lock (so a run opens no session
+//!   of its own); if the unlock fails, or the process dies, the session
+//!   ends and the server frees the lock at once.
 //!   [`lock_or_wait`](waymark_core::MigrationStore::lock_or_wait) takes it
 //!   when free and otherwise waits for a transaction-scoped *shared* lock
 //!   on the same key, which the server grants to every waiter together when

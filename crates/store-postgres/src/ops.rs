@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+
+use crate::conn::Detached;
 use waymark_core::store::advisory::{HELD_LOCKS, parse_session_tag};
 use waymark_core::store::{
     LockGuard, LockInfo, LockRequest, LockScope, PreparePlan, RowChange, check_unique_ids,
@@ -224,7 +226,6 @@ impl MigrationStore for PostgresStore {
 
     async fn lock(&self, request: &LockRequest) -> Result<LockGuard, Error> {
         let (scope, wait) = (request.scope, request.wait);
-        let client = self.checkout().await?.detach();
         // The server gives up at `wait`; this only guards against a server
         // that stops answering. Dropping the future cancels the wait on the
         // server and closes the connection.
@@ -232,11 +233,27 @@ impl MigrationStore for PostgresStore {
         let doing = format!("taking the {scope} lock");
         let key = self.lock_key_for(scope);
         let announcement = lock::Announcement::new(scope, &request.holder, *self.dead_holder());
-        let taking = lock::acquire(client, scope, key, wait, &announcement);
+        let spare = self.spare_session();
+        let taking = async {
+            if let Some(client) = spare.take() {
+                let client = Detached::new(client, self.canceller().clone());
+                match lock::acquire(client, scope, key, wait, &announcement, spare).await {
+                    // The kept session failed (it may have died while idle):
+                    // it is closed, and a fresh one asks again.
+                    Err(LockFailure::Pg(e)) => {
+                        tracing::debug!(error = %e, "the kept lock session failed; opening another");
+                    }
+                    other => return Ok(other),
+                }
+            }
+            let client = self.checkout().await?.detach();
+            Ok(lock::acquire(client, scope, key, wait, &announcement, spare).await)
+        };
         match tokio::time::timeout(limit, taking).await {
-            Ok(Ok(guard)) => Ok(guard),
-            Ok(Err(LockFailure::Busy)) => Err(lock::busy(wait)),
-            Ok(Err(LockFailure::Pg(e))) => Err(self.pg_error(&doing, e)),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Ok(guard))) => Ok(guard),
+            Ok(Ok(Err(LockFailure::Busy))) => Err(lock::busy(wait)),
+            Ok(Ok(Err(LockFailure::Pg(e)))) => Err(self.pg_error(&doing, e)),
             Err(_) => Err(Error::store(
                 self.context(&doing),
                 timed_out(Limit::Lock, limit, "no answer from the server"),
@@ -296,17 +313,34 @@ impl MigrationStore for PostgresStore {
 
     async fn lock_or_wait(&self, request: &LockRequest) -> Result<Option<LockGuard>, Error> {
         let (scope, wait) = (request.scope, request.wait);
-        let conn = self.checkout().await?;
         let limit = wait.saturating_add(self.statement_timeout());
         let doing = format!("taking or waiting for the {scope} lock");
         let key = self.lock_key_for(scope);
         let announcement = lock::Announcement::new(scope, &request.holder, *self.dead_holder());
-        let taking = lock::lock_or_wait(conn, scope, key, wait, &announcement);
+        let spare = self.spare_session();
+        let taking = async {
+            if let Some(client) = spare.take() {
+                let client = Detached::new(client, self.canceller().clone());
+                match lock::try_on_spare(client, scope, key, &announcement, spare).await {
+                    Ok(Some(guard)) => return Ok(Ok(lock::TryOrWait::Held(guard))),
+                    // Held elsewhere: wait on a pooled session, as below.
+                    Ok(None) => {
+                        let conn = self.checkout().await?;
+                        return Ok(lock::wait_on(conn, key, wait).await);
+                    }
+                    // The kept session failed and is closed: the pool's way.
+                    Err(_) => {}
+                }
+            }
+            let conn = self.checkout().await?;
+            Ok(lock::lock_or_wait(conn, scope, key, wait, &announcement, spare).await)
+        };
         match tokio::time::timeout(limit, taking).await {
-            Ok(Ok(lock::TryOrWait::Held(guard))) => Ok(Some(guard)),
-            Ok(Ok(lock::TryOrWait::Released)) => Ok(None),
-            Ok(Err(LockFailure::Busy)) => Err(lock::busy(wait)),
-            Ok(Err(LockFailure::Pg(e))) => Err(self.pg_error(&doing, e)),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Ok(lock::TryOrWait::Held(guard)))) => Ok(Some(guard)),
+            Ok(Ok(Ok(lock::TryOrWait::Released))) => Ok(None),
+            Ok(Ok(Err(LockFailure::Busy))) => Err(lock::busy(wait)),
+            Ok(Ok(Err(LockFailure::Pg(e)))) => Err(self.pg_error(&doing, e)),
             Err(_) => Err(Error::store(
                 self.context(&doing),
                 timed_out(Limit::Lock, limit, "no answer from the server"),

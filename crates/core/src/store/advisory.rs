@@ -122,24 +122,6 @@ impl DeadHolderBound {
         ) + Duration::from_secs(self.interval)
     }
 
-    /// One statement setting the bound's keepalives on a session, for a
-    /// store's other sessions (those of its own pool): a holder cut off in
-    /// the middle of an atomic transaction must not keep that
-    /// transaction's row locks either. Settings this server lacks are
-    /// skipped, as in [`ANNOUNCE`].
-    pub fn session_settings(&self) -> String {
-        format!(
-            "SELECT count(set_config(s.name, s.value, false)) \
-             FROM (VALUES ('tcp_keepalives_idle', '{}'), ('tcp_keepalives_interval', '{}'), \
-             ('tcp_keepalives_count', '{}'), ('tcp_user_timeout', '{}')) AS s(name, value) \
-             WHERE s.name IN (SELECT name FROM pg_settings)",
-            self.idle,
-            self.interval,
-            self.count,
-            self.user_timeout_ms()
-        )
-    }
-
     /// The parameters of [`ANNOUNCE`] after the `application_name` ($1):
     /// $2 idle, $3 interval, $4 count, $5 user timeout, as text.
     pub fn parameters(&self) -> [String; 4] {
