@@ -518,6 +518,20 @@ async fn the_lock_session_is_kept_between_locks_holding_nothing() {
     let guard = store.lock(&request).await.unwrap();
     let first = holder().await;
     drop(guard);
+    // Asked again at once, without waiting: this store's own release, still
+    // under way, is waited for, not taken for another holder.
+    let now = LockRequest::new(LockScope::Run, Duration::ZERO);
+    for _ in 0..20 {
+        let guard = store.lock(&now).await.unwrap();
+        assert_eq!(holder().await, first);
+        drop(guard);
+        let guard = store
+            .lock_or_wait(&now)
+            .await
+            .unwrap()
+            .expect("taken, not waited for");
+        drop(guard);
+    }
     kept(&db, first).await;
     assert!(
         db.advisory_locks().await.is_empty(),

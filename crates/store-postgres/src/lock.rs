@@ -12,10 +12,12 @@
 //! cancelled on the server before its connection closes, so no session is
 //! left queued for the lock.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use deadpool_postgres::ClientWrapper;
+use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
 use waymark_core::Error;
 use waymark_core::store::advisory::{ANNOUNCE, DeadHolderBound, session_tag};
@@ -47,9 +49,22 @@ pub(crate) fn timeout_ms(limit: Duration) -> u128 {
     limit.as_nanos().div_ceil(1_000_000).min(MAX_TIMEOUT_MS)
 }
 
-/// Unlocks on the session that held the lock, and renames it idle: the
-/// first column says whether the lock was held (and is now free).
-const RELEASE: &str = "SELECT pg_advisory_unlock($1), set_config('application_name', 'waymark idle lock session', false)";
+/// Unlocks `key` on the session that held it, in one round trip, and
+/// leaves the session as it was before the lock (its timeouts reset, named
+/// idle); the row says `t` when the lock was held and is now free.
+fn release_script(key: i64) -> String {
+    format!(
+        "RESET lock_timeout; RESET statement_timeout; \
+         SELECT pg_advisory_unlock({key}), set_config('application_name', 'waymark idle lock session', false)"
+    )
+}
+
+/// Whether the answer to [`release_script`] confirms the unlock.
+fn unlocked(messages: &[tokio_postgres::SimpleQueryMessage]) -> bool {
+    messages.iter().any(|message| {
+        matches!(message, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("t"))
+    })
+}
 
 /// The store's lock session kept between two locks: a run that locks after
 /// another does not open a new session (about 3.5 ms on loopback, the
@@ -57,23 +72,85 @@ const RELEASE: &str = "SELECT pg_advisory_unlock($1), set_config('application_na
 /// here (only a session whose unlock the server confirmed comes back), it
 /// is never in the pool, and one at most is kept; shared by the store's
 /// clones.
-#[derive(Clone, Default)]
-pub(crate) struct SpareSession(Arc<Mutex<Option<ClientWrapper>>>);
+#[derive(Clone)]
+pub(crate) struct SpareSession(Arc<Spare>);
+
+/// The longest a lock waits for this store's own unlocks in flight.
+const RELEASE_WAIT: Duration = Duration::from_secs(30);
+
+struct Spare {
+    slot: Mutex<Option<ClientWrapper>>,
+    /// Unlocks sent and not yet answered.
+    releasing: AtomicUsize,
+    released: Notify,
+    /// The longest an unlock may take before its session is closed instead.
+    limit: Duration,
+}
 
 impl SpareSession {
-    /// The kept session, if there is one still open.
-    pub(crate) fn take(&self) -> Option<ClientWrapper> {
-        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+    /// An empty slot; an unlock that takes longer than `limit` closes its
+    /// session instead.
+    pub(crate) fn new(limit: Duration) -> Self {
+        Self(Arc::new(Spare {
+            slot: Mutex::new(None),
+            releasing: AtomicUsize::new(0),
+            released: Notify::new(),
+            limit,
+        }))
+    }
+
+    /// The kept session, if there is one still open, once the unlocks in
+    /// flight have been answered (waiting at most their limit): a lock
+    /// asked for right after this store released one must not find its own
+    /// release still under way.
+    pub(crate) async fn take(&self) -> Option<ClientWrapper> {
+        // A statement timeout may be "never": the wait is bounded anyway.
+        let deadline = tokio::time::Instant::now() + self.0.limit.min(RELEASE_WAIT);
+        loop {
+            let released = self.0.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if self.0.releasing.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                break;
+            }
+        }
+        let mut slot = self.0.slot.lock().unwrap_or_else(PoisonError::into_inner);
         slot.take().filter(|client| !client.is_closed())
     }
 
     /// Keeps `client` (which holds no lock) for the next lock; if one is
     /// kept already, `client` is closed.
     fn put(&self, client: ClientWrapper) {
-        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut slot = self.0.slot.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.is_none() {
             *slot = Some(client);
         }
+    }
+
+    /// Unlocks `key` on `client` in a task of `runtime`, then keeps the
+    /// session or closes it.
+    fn release(&self, runtime: &tokio::runtime::Handle, client: ClientWrapper, key: i64) {
+        self.0.releasing.fetch_add(1, Ordering::AcqRel);
+        let spare = self.clone();
+        runtime.spawn(async move {
+            let script = release_script(key);
+            let answer = tokio::time::timeout(
+                spare.0.limit.min(RELEASE_WAIT),
+                client.simple_query(&script),
+            )
+            .await;
+            match answer {
+                Ok(Ok(messages)) if unlocked(&messages) => spare.put(client),
+                // Not confirmed in time: closed, and the server frees what
+                // it held as the session ends.
+                _ => drop(client),
+            }
+            spare.0.releasing.fetch_sub(1, Ordering::AcqRel);
+            spare.0.released.notify_waiters();
+        });
     }
 }
 
@@ -114,14 +191,7 @@ impl Drop for AdvisoryLock {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (key, spare) = (self.key, self.spare.clone());
-        runtime.spawn(async move {
-            match client.query_one(RELEASE, &[&key]).await {
-                Ok(row) if row.get::<_, bool>(0) => spare.put(client),
-                // Not confirmed: closed, and the server frees what it held.
-                _ => drop(client),
-            }
-        });
+        self.spare.release(&runtime, client, self.key);
     }
 }
 
@@ -158,7 +228,12 @@ impl Announcement {
 pub(crate) enum LockFailure {
     /// Someone else held it for the whole wait.
     Busy,
+    /// The server or the session failed before the lock was held.
     Pg(tokio_postgres::Error),
+    /// The lock was taken, but the session could not announce itself, so
+    /// it was closed (which frees the lock as the server notices): trying
+    /// again at once could see the lock still held by it.
+    Unannounced(tokio_postgres::Error),
 }
 
 /// Takes the advisory lock `key` on the detached `client`, waiting at most
@@ -228,7 +303,7 @@ async fn held(
 ) -> Result<LockGuard, LockFailure> {
     if let Err(e) = announcement.send(&client).await {
         client.discard();
-        return Err(LockFailure::Pg(e));
+        return Err(LockFailure::Unannounced(e));
     }
     tracing::debug!(key, %scope, holder = %announcement.tag, "took the lock");
     Ok(LockGuard::checked(AdvisoryLock {
@@ -286,8 +361,9 @@ pub(crate) async fn lock_or_wait(
 
 /// Tries the lock `key` on the kept session `client`, without waiting:
 /// the guard when it was free; `Ok(None)` when another session holds it
-/// (the kept session goes back aside, holding nothing); an error when the
-/// kept session failed (it is closed, and the caller goes on with the pool).
+/// (the kept session goes back aside, holding nothing); [`LockFailure::Pg`]
+/// when the kept session failed before holding anything (it is closed, and
+/// the caller may go on with the pool).
 pub(crate) async fn try_on_spare(
     client: Detached,
     scope: LockScope,

@@ -235,7 +235,7 @@ impl MigrationStore for PostgresStore {
         let announcement = lock::Announcement::new(scope, &request.holder, *self.dead_holder());
         let spare = self.spare_session();
         let taking = async {
-            if let Some(client) = spare.take() {
+            if let Some(client) = spare.take().await {
                 let client = Detached::new(client, self.canceller().clone());
                 match lock::acquire(client, scope, key, wait, &announcement, spare).await {
                     // The kept session failed (it may have died while idle):
@@ -253,7 +253,9 @@ impl MigrationStore for PostgresStore {
             Ok(Err(e)) => Err(e),
             Ok(Ok(Ok(guard))) => Ok(guard),
             Ok(Ok(Err(LockFailure::Busy))) => Err(lock::busy(wait)),
-            Ok(Ok(Err(LockFailure::Pg(e)))) => Err(self.pg_error(&doing, e)),
+            Ok(Ok(Err(LockFailure::Pg(e) | LockFailure::Unannounced(e)))) => {
+                Err(self.pg_error(&doing, e))
+            }
             Err(_) => Err(Error::store(
                 self.context(&doing),
                 timed_out(Limit::Lock, limit, "no answer from the server"),
@@ -319,7 +321,7 @@ impl MigrationStore for PostgresStore {
         let announcement = lock::Announcement::new(scope, &request.holder, *self.dead_holder());
         let spare = self.spare_session();
         let taking = async {
-            if let Some(client) = spare.take() {
+            if let Some(client) = spare.take().await {
                 let client = Detached::new(client, self.canceller().clone());
                 match lock::try_on_spare(client, scope, key, &announcement, spare).await {
                     Ok(Some(guard)) => return Ok(Ok(lock::TryOrWait::Held(guard))),
@@ -328,8 +330,12 @@ impl MigrationStore for PostgresStore {
                         let conn = self.checkout().await?;
                         return Ok(lock::wait_on(conn, key, wait).await);
                     }
-                    // The kept session failed and is closed: the pool's way.
-                    Err(_) => {}
+                    // The kept session failed before holding anything and
+                    // is closed: the pool's way.
+                    Err(LockFailure::Pg(e)) => {
+                        tracing::debug!(error = %e, "the kept lock session failed; opening another");
+                    }
+                    Err(other) => return Ok(Err(other)),
                 }
             }
             let conn = self.checkout().await?;
@@ -340,7 +346,9 @@ impl MigrationStore for PostgresStore {
             Ok(Ok(Ok(lock::TryOrWait::Held(guard)))) => Ok(Some(guard)),
             Ok(Ok(Ok(lock::TryOrWait::Released))) => Ok(None),
             Ok(Ok(Err(LockFailure::Busy))) => Err(lock::busy(wait)),
-            Ok(Ok(Err(LockFailure::Pg(e)))) => Err(self.pg_error(&doing, e)),
+            Ok(Ok(Err(LockFailure::Pg(e) | LockFailure::Unannounced(e)))) => {
+                Err(self.pg_error(&doing, e))
+            }
             Err(_) => Err(Error::store(
                 self.context(&doing),
                 timed_out(Limit::Lock, limit, "no answer from the server"),

@@ -282,7 +282,7 @@ impl PostgresStore {
                 allow_second_table: config.second_table_allowed(),
                 // Checked with the other limits before any store is built.
                 dead_holder: config.dead_holder_bound().unwrap_or_default(),
-                spare: lock::SpareSession::default(),
+                spare: lock::SpareSession::new(config.statement_timeout_value()),
             }),
         }
     }
