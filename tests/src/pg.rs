@@ -523,6 +523,29 @@ impl Drop for TestDatabase {
 
 /// A superuser session at `url` (a [`PrivateCluster`]'s); its connection
 /// runs on the current runtime.
+/// Waits, up to a minute, until backend `pid` matches `condition` (SQL
+/// over the columns of `pg_stat_activity`, such as `state = 'idle'`), as
+/// `admin` sees it; panics naming `what` otherwise.
+pub async fn wait_for_activity(
+    admin: &tokio_postgres::Client,
+    pid: i32,
+    condition: &str,
+    what: &str,
+) {
+    let sql = format!("SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND {condition}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if admin.query_opt(&sql, &[&pid]).await.unwrap().is_some() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "backend {pid}: never {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 pub async fn connect_url(url: &str) -> tokio_postgres::Client {
     connect(url).await
 }

@@ -480,26 +480,8 @@ async fn wait_for_lock_waiter(db: &TestDatabase) -> i32 {
 /// Waits until backend `pid` is kept aside for the next lock: idle, its
 /// unlock confirmed, named so.
 async fn kept(db: &waymark_tests::pg::TestDatabase, pid: i32) {
-    let admin = db.admin().await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let row = admin
-            .query_opt(
-                "SELECT 1 FROM pg_stat_activity WHERE pid = $1 \
-                 AND application_name = 'waymark idle lock session' AND state = 'idle'",
-                &[&pid],
-            )
-            .await
-            .unwrap();
-        if row.is_some() {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "session {pid} was not kept"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let condition = "application_name = 'waymark idle lock session' AND state = 'idle'";
+    waymark_tests::pg::wait_for_activity(&db.admin().await, pid, condition, "kept").await;
 }
 
 /// A store's lock session is unlocked and kept aside when the lock is

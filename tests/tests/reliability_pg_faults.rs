@@ -103,25 +103,8 @@ async fn items(admin: &Client) -> Vec<i64> {
 
 /// Waits until backend `pid` is running its `pg_sleep`.
 async fn sleeping(admin: &tokio_postgres::Client, pid: i32) {
-    let deadline = std::time::Instant::now() + NO_HANG;
-    loop {
-        let active = admin
-            .query_opt(
-                "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active' \
-                 AND query LIKE '%pg_sleep%'",
-                &[&pid],
-            )
-            .await
-            .unwrap();
-        if active.is_some() {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "backend {pid} never slept"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let condition = "state = 'active' AND query LIKE '%pg_sleep%'";
+    waymark_tests::pg::wait_for_activity(admin, pid, condition, "slept").await;
 }
 
 /// `(id, executed, attempts)` of every tracked row.

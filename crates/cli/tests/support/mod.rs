@@ -448,9 +448,15 @@ macro_rules! cli_backend_tests {
     };
 }
 
-/// Runs `waymark --database URL ARGS…` with `envs` set.
-pub fn waymark_env(url: &str, args: &[&str], envs: &[(&str, &str)]) -> Run {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_waymark"));
+/// `program --database URL ARGS…` with `envs` set and nothing inherited
+/// of `DATABASE_URL` or `RUST_LOG`, not started.
+fn command_for(
+    program: &std::path::Path,
+    url: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Command {
+    let mut command = Command::new(program);
     command
         .env_remove("DATABASE_URL")
         .env_remove("RUST_LOG")
@@ -458,7 +464,17 @@ pub fn waymark_env(url: &str, args: &[&str], envs: &[(&str, &str)]) -> Run {
         .arg("--database")
         .arg(url)
         .args(args);
-    finish(command.output().expect("run waymark"))
+    command
+}
+
+/// Runs `waymark --database URL ARGS…` with `envs` set.
+pub fn waymark_env(url: &str, args: &[&str], envs: &[(&str, &str)]) -> Run {
+    let program = std::path::Path::new(env!("CARGO_BIN_EXE_waymark"));
+    finish(
+        command_for(program, url, args, envs)
+            .output()
+            .expect("run waymark"),
+    )
 }
 
 /// The example application that mounts `waymark::cli::MigrateCommand`
@@ -483,15 +499,7 @@ pub fn app(url: &str, args: &[&str], envs: &[(&str, &str)]) -> Run {
 
 /// The example app's command line, not started.
 pub fn app_command(url: &str, args: &[&str], envs: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(example_app());
-    command
-        .env_remove("DATABASE_URL")
-        .env_remove("RUST_LOG")
-        .envs(envs.iter().copied())
-        .arg("--database")
-        .arg(url)
-        .args(args);
-    command
+    command_for(example_app(), url, args, envs)
 }
 
 /// A `migrate run` of the example app that keeps the run lock for a while
