@@ -42,23 +42,29 @@ pub enum Crowd {
 }
 
 impl Crowd {
-    /// The contenders of this crowd of `k`, from a maker of stores and of
-    /// runners on them.
-    pub fn contenders<St>(
+    /// The contenders of this crowd, one per store of `stores` (at least
+    /// one), with `runner` making a runner on a store; the fast-path query
+    /// asks about the first runner's migrations.
+    pub fn contenders<St: MigrationStore + Clone>(
         self,
-        k: usize,
-        fingerprint: &str,
-        mut store: impl FnMut() -> St,
+        stores: Vec<St>,
         runner: impl Fn(&St) -> Result<Runner<(), St>, BoxError>,
     ) -> Result<Vec<Contender<St>>, BoxError> {
+        let k = stores.len();
         let runners = if self == Self::Runners { k } else { 1 };
         let queries = if self == Self::Irreducible { k - 1 } else { 0 };
+        let mut stores = stores.into_iter();
         let mut all = Vec::with_capacity(runners + queries);
-        for _ in 0..runners {
-            all.push(Contender::Runner(runner(&store())?));
+        for store in stores.by_ref().take(runners) {
+            all.push(Contender::Runner(runner(&store)?));
         }
-        for _ in 0..queries {
-            all.push(Contender::FastPath(store(), fingerprint.to_owned()));
+        let Some(Contender::Runner(first)) = all.first() else {
+            return Err("a crowd needs at least one store".into());
+        };
+        let defs: Vec<_> = first.definitions().cloned().collect();
+        let fingerprint = waymark_core::MigrationDef::fingerprint(&defs);
+        for store in stores.take(queries) {
+            all.push(Contender::FastPath(store, fingerprint.clone()));
         }
         Ok(all)
     }
@@ -183,13 +189,7 @@ pub async fn sqlite(scale: &Scale, figures: &mut Vec<Figure>) -> Result<(), BoxE
                     store.list().await?;
                     stores.push(store);
                 }
-                let fingerprint = fingerprint_of(&sqlite_runner(&stores[0], pending)?);
-                let contenders = crowd.contenders(
-                    k,
-                    &fingerprint,
-                    || stores.pop().expect("a store per contender"),
-                    |store| sqlite_runner(store, pending),
-                )?;
+                let contenders = crowd.contenders(stores, |store| sqlite_runner(store, pending))?;
                 let (wall, reports) = start_together(contenders).await?;
                 let counter: i64 = rusqlite::Connection::open(&path)?.query_row(
                     "SELECT n FROM counter",
@@ -246,25 +246,13 @@ async fn postgres_figure(scale: &Scale, warm: bool) -> Result<Figure, BoxError> 
             }
             stores.push(store);
         }
-        let fingerprint = fingerprint_of(&postgres_runner(&stores[0], pending)?);
-        let contenders = crowd.contenders(
-            k,
-            &fingerprint,
-            || stores.pop().expect("a store per contender"),
-            |store| postgres_runner(store, pending),
-        )?;
+        let contenders = crowd.contenders(stores, |store| postgres_runner(store, pending))?;
         let (wall, reports) = start_together(contenders).await?;
         let counter: i64 = admin.query_one("SELECT n::BIGINT FROM counter", &[]).await?.get(0);
         check(&reports, counter, pending)?;
         Ok(wall)
     })
     .await
-}
-
-/// The fingerprint a runner's fast path asks about.
-fn fingerprint_of<St: MigrationStore + Clone>(runner: &Runner<(), St>) -> String {
-    let defs: Vec<_> = runner.definitions().cloned().collect();
-    waymark_core::MigrationDef::fingerprint(&defs)
 }
 
 /// The statement each contended migration runs, for the docs.

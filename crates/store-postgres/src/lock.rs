@@ -390,15 +390,11 @@ pub(crate) async fn try_on_spare(
 }
 
 /// Waits for the holder of `key` to let go, on `conn` (see [`lock_or_wait`]).
-pub(crate) async fn wait_on(
+pub(crate) async fn wait_for_release(
     conn: Conn,
     key: i64,
     wait: Duration,
 ) -> Result<TryOrWait, LockFailure> {
-    wait_for_release(conn, key, wait).await
-}
-
-async fn wait_for_release(conn: Conn, key: i64, wait: Duration) -> Result<TryOrWait, LockFailure> {
     if wait.is_zero() {
         // lock_timeout = 0 would mean "wait forever".
         conn.release();

@@ -328,7 +328,7 @@ impl MigrationStore for PostgresStore {
                     // Held elsewhere: wait on a pooled session, as below.
                     Ok(None) => {
                         let conn = self.checkout().await?;
-                        return Ok(lock::wait_on(conn, key, wait).await);
+                        return Ok(lock::wait_for_release(conn, key, wait).await);
                     }
                     // The kept session failed before holding anything and
                     // is closed: the pool's way.

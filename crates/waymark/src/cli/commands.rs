@@ -21,9 +21,7 @@ pub(crate) async fn execute(
         }
         Action::Status(_) => {
             let rows = console.shown(&store.list().await?);
-            let locks = readable_locks(store)
-                .await?
-                .map(|locks| console.shown_locks(&locks));
+            let locks = readable_locks(store, console).await?;
             if json {
                 print_json(
                     console,
@@ -126,12 +124,14 @@ pub(crate) struct StatusJson<'a> {
     pub(crate) locks: Option<&'a [LockInfo]>,
 }
 
-/// The locks, or `None` from a store that cannot tell.
+/// The locks as `console` may show them, or `None` from a store that
+/// cannot tell.
 pub(crate) async fn readable_locks(
     store: &dyn MigrationStore,
+    console: &Console<'_>,
 ) -> Result<Option<Vec<LockInfo>>, Failure> {
     match store.locks().await {
-        Ok(locks) => Ok(Some(locks)),
+        Ok(locks) => Ok(Some(console.shown_locks(&locks))),
         Err(crate::Error::Invalid { field: "locks", .. }) => Ok(None),
         Err(err) => Err(err.into()),
     }

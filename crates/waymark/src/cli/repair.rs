@@ -114,28 +114,18 @@ async fn refusal(
     scope: LockScope,
     waited: std::time::Duration,
 ) -> Failure {
-    let holder = match store.locks().await {
+    let held = match store.locks().await {
         Ok(locks) => locks
-            .into_iter()
+            .iter()
             .find(|lock| lock.scope == scope)
-            .map(|lock| {
-                let who = lock
-                    .holder
-                    .map_or_else(|| "an unnamed holder".to_owned(), |h| h.describe());
-                match lock.since {
-                    Some(since) => {
-                        format!("{who} since {}", crate::cli::watch::timestamp(Some(since)))
-                    }
-                    None => who,
-                }
-            }),
+            .map(|lock| crate::cli::watch::held_by(lock, false)),
         Err(_) => None,
     };
-    let holder = holder.unwrap_or_else(|| "another process".to_owned());
+    let held = held.unwrap_or_else(|| "by another process".to_owned());
     Failure::new(
         "locked",
         format!(
-            "the {scope} lock is held by {holder}: a run may be executing these migrations; \
+            "the {scope} lock is held {held}: a run may be executing these migrations; \
              nothing was changed (waited {}; wait for the run to end, or pass --force)",
             crate::render::human_duration(waited)
         ),

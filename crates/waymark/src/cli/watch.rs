@@ -52,30 +52,22 @@ pub(crate) fn locks_text(locks: &[LockInfo], age: bool) -> String {
     text
 }
 
-fn held_by(lock: &LockInfo, age: bool) -> String {
+/// `by <holder> since <time> (<age>); <detail>`, each part where known;
+/// the age with `age` only.
+pub(crate) fn held_by(lock: &LockInfo, age: bool) -> String {
     let mut text = match &lock.holder {
         Some(holder) => format!("by {}", holder.describe()),
         None => "by an unnamed holder".to_owned(),
     };
     if let Some(since) = lock.since {
-        if !age {
-            let _ = write!(text, " since {}", timestamp(Some(since)));
-            return with_detail(text, lock);
+        let _ = write!(text, " since {}", timestamp(Some(since)));
+        if age {
+            let held_for = (OffsetDateTime::now_utc() - since)
+                .try_into()
+                .unwrap_or(Duration::ZERO);
+            let _ = write!(text, " ({})", human_duration(held_for));
         }
-        let held_for = (OffsetDateTime::now_utc() - since)
-            .try_into()
-            .unwrap_or(Duration::ZERO);
-        let _ = write!(
-            text,
-            " since {} ({})",
-            timestamp(Some(since)),
-            human_duration(held_for)
-        );
     }
-    with_detail(text, lock)
-}
-
-fn with_detail(mut text: String, lock: &LockInfo) -> String {
     if let Some(detail) = &lock.detail {
         let _ = write!(text, "; {detail}");
     }
@@ -97,9 +89,7 @@ pub(crate) async fn watch(
     let (mut seen_running, mut idle_polls) = (false, 0);
     loop {
         let rows = console.shown(&store.list().await?);
-        let locks = readable_locks(store)
-            .await?
-            .map(|l| console.shown_locks(&l));
+        let locks = readable_locks(store, console).await?;
         // A store that cannot tell who holds its locks cannot say when a
         // run ends: it is drawn once.
         let running = locks.as_ref().is_some_and(|locks| !locks.is_empty());
