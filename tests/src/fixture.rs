@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use waymark_core::store::{
     AtomicError, AtomicFn, AtomicStore, BatchFn, LockGuard, LockInfo, LockRequest, PreparePlan,
-    RowChange,
+    RowChange, SetState,
 };
 use waymark_core::{
     BatchStep, Error, Migration, MigrationContext, MigrationDef, MigrationId, MigrationStore,
@@ -53,6 +53,9 @@ impl<St: MigrationStore> MigrationStore for Fixture<St> {
     }
     async fn is_settled(&self, fingerprint: &str) -> Result<bool, Error> {
         self.0.is_settled(fingerprint).await
+    }
+    async fn set_state(&self, fingerprint: &str) -> Result<SetState, Error> {
+        self.0.set_state(fingerprint).await
     }
     async fn mark_executed(&self, id: MigrationId) -> Result<(), Error> {
         self.0.mark_executed(id).await

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use waymark_core::store::{LockGuard, LockRequest, LockScope, RowChange};
+use waymark_core::store::{LockGuard, LockRequest, LockScope, RowChange, SetState};
 use waymark_core::testkit::TestStore;
 use waymark_core::{
     BatchStep, BoxError, CancellationToken, Error, MemoryStore, Migration, MigrationContext,
@@ -60,6 +60,7 @@ macro_rules! runner_suite {
             plan_shows_what_would_run_without_running_it,
             plan_and_run_refuse_a_renamed_migration,
             fast_path_is_one_query_without_lock,
+            a_registered_set_with_work_left_skips_prepare_and_register,
             nothing_pending_takes_no_lock,
             observer_hears_every_step,
             waits_for_the_lock_then_skips_what_another_instance_did,
@@ -190,6 +191,9 @@ impl MigrationStore for CountingStore {
     }
     async fn is_settled(&self, fingerprint: &str) -> Result<bool, Error> {
         self.log("is_settled").is_settled(fingerprint).await
+    }
+    async fn set_state(&self, fingerprint: &str) -> Result<SetState, Error> {
+        self.log("set_state").set_state(fingerprint).await
     }
     async fn mark_executed(&self, id: MigrationId) -> Result<(), Error> {
         self.log("mark_executed").mark_executed(id).await
@@ -1185,7 +1189,7 @@ pub async fn fast_path_is_one_query_without_lock(db: &TestStore) {
         let report = runner.run(()).await.unwrap().into_report();
         assert!(report.was_settled() && report.nothing_pending());
         assert_eq!(report.lock_waited(), None);
-        assert_eq!(counting.calls(), ["is_settled"]);
+        assert_eq!(counting.calls(), ["set_state"]);
     }
     // Another instance sees the same.
     counting.reset();
@@ -1203,7 +1207,7 @@ pub async fn fast_path_is_one_query_without_lock(db: &TestStore) {
             .into_report()
             .was_settled()
     );
-    assert_eq!(other.calls(), ["is_settled"]);
+    assert_eq!(other.calls(), ["set_state"]);
 
     // A new migration: not settled, so it runs under the lock.
     let grown = Runner::<(), Store>::builder(counting.store())
@@ -1216,6 +1220,81 @@ pub async fn fast_path_is_one_query_without_lock(db: &TestStore) {
     assert!(!report.was_settled());
     assert_eq!(locks(&counting), 1, "{:?}", counting.calls());
     assert_eq!(logged(&order), [1, 2, 3]);
+}
+
+/// A set registered before with work left (here a failure) starts again
+/// without `prepare` or `register`: its first call tells the runner the set
+/// is known, and it goes straight to the rows.
+pub async fn a_registered_set_with_work_left_skips_prepare_and_register(db: &TestStore) {
+    let order = log();
+    let first = Runner::<(), Store>::builder(Arc::clone(&db.store))
+        .migration(def(1), async_logs(&order, 1))
+        .migration(def(2), failing("the laps service is down"))
+        .build()
+        .unwrap();
+    let report = first.run_and_report(()).await.unwrap().into_report();
+    assert_eq!(report.failures().count(), 1);
+
+    let counting = CountingStore::new(Arc::clone(&db.store));
+    let again = Runner::<(), Store>::builder(counting.store())
+        .migration(def(1), async_logs(&order, 1))
+        .migration(def(2), async_logs(&order, 2))
+        .build()
+        .unwrap();
+    let report = again.run(()).await.unwrap().into_report();
+    assert!(matches!(status_of(&report, 2), Status::Executed));
+    assert_eq!(logged(&order), [1, 2]);
+    let calls = counting.calls();
+    assert_eq!(calls.first(), Some(&"set_state"), "{calls:?}");
+    assert_eq!(counting.count("prepare"), 0, "{calls:?}");
+    assert_eq!(counting.count("register"), 0, "{calls:?}");
+    let two = row(db, 2).await;
+    assert!(two.executed);
+    assert_eq!(two.attempts, 2);
+}
+
+/// Rows deleted by hand (an old way to run a migration again) from a set
+/// registered before are registered again, as new, and run: by the runner
+/// when the set itself is known (the start-up skips `register`), and when
+/// a release adds a migration to a set larger than what stores check in
+/// full. Each backend calls this with its own way to delete a row.
+pub async fn rows_deleted_by_hand_are_registered_and_run_again(
+    store: Store,
+    mut delete_row: impl AsyncFnMut(i64),
+) {
+    const LARGE: i64 = 70;
+    assert!(LARGE as usize > waymark_core::store::CHEAP_ADDITIONS);
+    let order = log();
+    let runner = |upto: i64, failing_id: Option<i64>| {
+        let mut builder = Runner::<(), Store>::builder(Arc::clone(&store));
+        for raw in 1..=upto {
+            let handler = match failing_id {
+                Some(bad) if bad == raw => failing("the laps service is down"),
+                _ => async_logs(&order, raw),
+            };
+            builder = builder.migration(def(raw), handler);
+        }
+        builder.build().unwrap()
+    };
+    let report = runner(LARGE, Some(LARGE)).run_and_report(()).await.unwrap();
+    assert_eq!(report.into_report().failures().count(), 1);
+
+    // The same set again (known, with work left): row 1 deleted.
+    delete_row(1).await;
+    order.lock().unwrap().clear();
+    let report = runner(LARGE, None).run(()).await.unwrap().into_report();
+    assert!(matches!(status_of(&report, 1), Status::Executed));
+    assert_eq!(logged(&order), [1, LARGE]);
+
+    // A release adding one: row 2 deleted from the part registered before.
+    delete_row(2).await;
+    order.lock().unwrap().clear();
+    let report = runner(LARGE + 1, None).run(()).await.unwrap().into_report();
+    assert!(matches!(status_of(&report, 2), Status::Executed));
+    assert_eq!(logged(&order), [2, LARGE + 1]);
+    let rows = store.list().await.unwrap();
+    assert_eq!(rows.len(), LARGE as usize + 1);
+    assert!(rows.iter().all(|row| row.executed), "{rows:?}");
 }
 
 /// Registered but nothing pending (a subset of an executed set, never

@@ -133,7 +133,7 @@ fn operation() -> impl Strategy<Value = Op> {
         3 => id().prop_map(Op::MarkPending),
         3 => (id(), text()).prop_map(|(id, text)| Op::RecordFailure(id, text)),
         3 => (id(), text()).prop_map(|(id, text)| Op::SaveCheckpoint(id, text)),
-        2 => definitions().prop_map(Op::IsSettled),
+        2 => definitions().prop_map(Op::SetState),
         2 => Just(Op::Lock),
         2 => Just(Op::Unlock),
     ]

@@ -249,37 +249,3 @@ async fn every_spelling_of_one_table_shares_one_lock() {
     assert!(through_link.lock(&run(Duration::ZERO)).await.is_ok());
     assert!(other_case.lock(&background(Duration::ZERO)).await.is_ok());
 }
-
-/// A replica that gives up waiting for the holder leaves nothing running:
-/// its runtime shuts down at once, not when the holder lets go.
-#[test]
-fn giving_up_the_wait_leaves_no_blocked_thread() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("app.db");
-    let holder_runtime = tokio::runtime::Runtime::new().unwrap();
-    let holder = holder_runtime.block_on(async {
-        let store = SqliteStore::open(&path).await.unwrap();
-        store.prepare().await.unwrap();
-        store.lock(&run(Duration::from_secs(5))).await.unwrap()
-    });
-
-    let waiter_runtime = tokio::runtime::Runtime::new().unwrap();
-    let result = waiter_runtime.block_on(async {
-        let store = SqliteStore::open(&path).await.unwrap();
-        store.lock_or_wait(&run(Duration::from_millis(100))).await
-    });
-    assert_timeout(result);
-    // With the holder still holding, shutting the waiter's runtime down
-    // must not wait for it (a blocked flock thread would).
-    let (done, finished) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        drop(waiter_runtime);
-        let _ = done.send(());
-    });
-    let shut_down = finished.recv_timeout(Duration::from_secs(30));
-    drop(holder);
-    assert!(
-        shut_down.is_ok(),
-        "the waiter's runtime hung until the holder let go"
-    );
-}

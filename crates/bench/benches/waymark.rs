@@ -1,4 +1,4 @@
-//! `cargo bench -p waymark-bench [-- --quick] [noop|pending|backfill|contended] [sqlite|postgres]`
+//! `cargo bench -p waymark-bench [-- --quick] [noop|pending|backfill|contended|seed|growth] [sqlite|postgres]`
 //!
 //! Runs waymark's benchmarks and prints each figure beside its baseline
 //! (and peer) measured in the same run, then a table of them all.
@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use waymark_bench::backfill::memory_child;
 use waymark_bench::{
-    BoxError, Figure, Scale, Selection, backfill, contended, noop, pending, report,
+    BoxError, Figure, Scale, Selection, backfill, contended, growth, noop, pending, report,
+    seed_shape,
 };
 
 fn main() -> ExitCode {
@@ -81,14 +82,27 @@ async fn benchmarks(args: &[String]) -> Result<(), BoxError> {
     if selection.runs("contended", "postgres") {
         contended::postgres(&scale, &mut figures).await?;
     }
+    if selection.runs("seed", "sqlite") {
+        seed_shape::sqlite(&scale, &mut figures).await?;
+    }
+    if selection.runs("seed", "postgres") {
+        seed_shape::postgres(&scale, &mut figures).await?;
+    }
+    if selection.runs("growth", "sqlite") {
+        growth::sqlite(&scale, &mut figures).await?;
+    }
+    if selection.runs("growth", "postgres") {
+        growth::postgres(&scale, &mut figures).await?;
+    }
     println!("\n{}", report::table(&figures));
     let missed = figures.iter().filter(|f| f.met() == Some(false)).count();
     println!("{} figures, {missed} below target", figures.len());
     Ok(())
 }
 
-/// `--child memory sqlite <variant> <streams> <points> <batch>`: one
-/// backfill in this fresh process, reporting its peak memory.
+/// `--child memory sqlite <variant> <streams> <points> <batch>` (or
+/// `--child seed …`, see `seed_shape::memory_child`): one backfill in this
+/// fresh process, reporting its peak memory.
 async fn child(args: &[String]) -> Result<(), BoxError> {
     match args {
         [what, backend, variant, streams, points, batch]
@@ -97,6 +111,10 @@ async fn child(args: &[String]) -> Result<(), BoxError> {
             let used =
                 memory_child(variant, streams.parse()?, points.parse()?, batch.parse()?).await?;
             println!("{}", used.to_line());
+            Ok(())
+        }
+        [what, rest @ ..] if what == "seed" => {
+            println!("{}", seed_shape::memory_child(rest).await?.to_line());
             Ok(())
         }
         _ => Err(format!("unknown child task {args:?}").into()),

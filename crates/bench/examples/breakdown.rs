@@ -1,5 +1,6 @@
 //! Where a waymark run spends its time: each store call of a run, timed
-//! alone, on SQLite and PostgreSQL. `cargo run --release -p waymark-bench --example breakdown`
+//! alone, on SQLite and PostgreSQL, at N pending migrations (`BREAKDOWN_N`,
+//! default 20). `cargo run --release -p waymark-bench --example breakdown`
 
 use std::time::{Duration, Instant};
 
@@ -18,10 +19,11 @@ async fn step<T>(name: &str, f: impl std::future::Future<Output = T>) -> T {
 async fn phases(store: &dyn MigrationStore, n: usize) -> Result<(), BoxError> {
     let defs = definitions(n)?;
     let fp = MigrationDef::fingerprint(&defs);
-    step("is_settled", store.is_settled(&fp)).await?;
+    step("set_state", store.set_state(&fp)).await?;
     step("prepare", store.prepare()).await?;
     step("register", store.register(&defs)).await?;
     step("pending", store.pending()).await?;
+    step("list", store.list()).await?;
     let guard = step(
         "lock",
         store.lock(&waymark_core::store::LockRequest::new(
@@ -48,7 +50,7 @@ async fn phases(store: &dyn MigrationStore, n: usize) -> Result<(), BoxError> {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let n = 20;
+    let n = std::env::var("BREAKDOWN_N").map_or(Ok(20), |n| n.parse())?;
     let dir = tempfile::tempdir()?;
     println!("sqlite phases");
     let store = sqlite_database(&dir.path().join("a.db"), n).await?;

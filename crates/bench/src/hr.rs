@@ -50,12 +50,12 @@ pub fn heart_rate_code() -> i64 {
 }
 
 /// Parses a batch checkpoint (the last stream id done); `None` is 0.
-fn after(from: Option<&str>) -> Result<i64, BoxError> {
+pub(crate) fn after(from: Option<&str>) -> Result<i64, BoxError> {
     Ok(from.map(str::parse).transpose()?.unwrap_or(0))
 }
 
 /// What a batch returns once it has processed `count` streams up to `last`.
-fn step(count: usize, last: Option<i64>, batch: usize) -> BatchStep {
+pub(crate) fn step(count: usize, last: Option<i64>, batch: usize) -> BatchStep {
     match last {
         Some(last) if count == batch => BatchStep::next(last.to_string(), count as u64),
         _ => BatchStep::done(count as u64),

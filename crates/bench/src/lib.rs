@@ -4,7 +4,7 @@
 //! `cargo bench -p waymark-bench` runs them all; `-- --quick` (or
 //! `WAYMARK_BENCH_QUICK=1`) runs small sizes in well under a minute, for CI.
 //! Names given after `--` pick benchmarks: `noop`, `pending`, `backfill`,
-//! `contended`, and `sqlite` or `postgres` for one backend.
+//! `contended`, `seed`, `growth`, and `sqlite` or `postgres` for one backend.
 //!
 //! Every figure is a median over many interleaved samples: the variants of a
 //! figure take turns, round after round, so that noise from the machine
@@ -17,12 +17,14 @@
 
 pub mod backfill;
 pub mod contended;
+pub mod growth;
 pub mod hr;
 pub mod memory;
 pub mod noop;
 pub mod pending;
 pub mod report;
 pub mod scale;
+pub mod seed_shape;
 pub mod timing;
 
 /// The error type of the benchmarks: anything, with its message.

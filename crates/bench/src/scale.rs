@@ -32,6 +32,20 @@ pub struct Scale {
     pub contended_pending: usize,
     /// Repetitions of each contended figure.
     pub contended_runs: usize,
+    /// The two sizes of the seed-shape table, in streams: peak memory is
+    /// measured at both, the whole backfill timed at the second.
+    pub seed_streams: [usize; 2],
+    /// JSON points per stream of the seed-shape table.
+    pub seed_points: usize,
+    /// Streams per batch of the seed-shape backfill.
+    pub seed_batch: usize,
+    /// Runs of each variant of the seed-shape backfill on SQLite and on
+    /// PostgreSQL (in full mode each run is 2.4 GB of JSON: 8 and 15 s).
+    pub seed_runs: (usize, usize),
+    /// Tracked migrations before a deploy that adds one.
+    pub growth_sizes: Vec<usize>,
+    /// Rounds of each variant of the deploy benchmark.
+    pub growth_runs: usize,
 }
 
 impl Scale {
@@ -39,7 +53,7 @@ impl Scale {
     pub fn full() -> Self {
         Self {
             quick: false,
-            noop_sizes: vec![10, 100, 1_000, 10_000],
+            noop_sizes: vec![10, 100, 1_000, 10_000, 100_000],
             noop_budget: Duration::from_millis(1_500),
             pending_count: 100,
             pending_runs: 7,
@@ -51,6 +65,12 @@ impl Scale {
             contenders: (8, 32),
             contended_pending: 10,
             contended_runs: 9,
+            seed_streams: [25_000, 100_000],
+            seed_points: 1_000,
+            seed_batch: 500,
+            seed_runs: (7, 3),
+            growth_sizes: vec![100, 1_000, 10_000, 100_000],
+            growth_runs: 7,
         }
     }
 
@@ -70,6 +90,12 @@ impl Scale {
             contenders: (8, 32),
             contended_pending: 10,
             contended_runs: 3,
+            seed_streams: [1_000, 4_000],
+            seed_points: 200,
+            seed_batch: 500,
+            seed_runs: (3, 3),
+            growth_sizes: vec![100, 1_000],
+            growth_runs: 3,
         }
     }
 }
@@ -81,7 +107,7 @@ pub struct Selection {
 }
 
 /// The benchmarks, by the names the command line accepts.
-pub const BENCHMARKS: [&str; 4] = ["noop", "pending", "backfill", "contended"];
+pub const BENCHMARKS: [&str; 6] = ["noop", "pending", "backfill", "contended", "seed", "growth"];
 /// The backends, by the names the command line accepts.
 pub const BACKENDS: [&str; 2] = ["sqlite", "postgres"];
 
@@ -152,7 +178,11 @@ mod tests {
         let (quick, full) = (Scale::quick(), Scale::full());
         assert!(quick.backfill_streams < full.backfill_streams);
         assert!(quick.noop_budget < full.noop_budget);
-        assert_eq!(full.noop_sizes, [10, 100, 1_000, 10_000]);
+        assert_eq!(full.noop_sizes, [10, 100, 1_000, 10_000, 100_000]);
         assert_eq!(full.contenders, (8, 32));
+        assert_eq!(full.seed_streams, [25_000, 100_000]);
+        assert!(
+            quick.seed_streams[1] * quick.seed_points < full.seed_streams[1] * full.seed_points
+        );
     }
 }

@@ -140,21 +140,38 @@ impl MigrationDef {
     ///
     /// Stores record the digest of each set they registered, so that a later
     /// start-up with the same set can tell in one query that nothing is new
-    /// and nothing is pending (see [`MigrationStore::is_settled`](crate::MigrationStore::is_settled)); mode and timeout are not part of it.
+    /// and nothing is pending (see [`MigrationStore::set_state`](crate::MigrationStore::set_state)); mode and timeout are not part of it.
     /// The digest is FNV-1a over the sorted `(id, name)` pairs: stable across
     /// Rust versions and platforms, unlike `std`'s hasher.
     pub fn fingerprint(defs: &[MigrationDef]) -> String {
-        let mut pairs: Vec<(i64, &str)> = defs.iter().map(|d| (d.id.get(), d.name())).collect();
-        pairs.sort_unstable();
-        pairs.dedup();
+        let pairs = fingerprint_pairs(defs);
         let mut hash = Fnv128::new();
-        for (id, name) in pairs {
-            hash.write(&id.to_le_bytes());
-            hash.write(&(name.len() as u64).to_le_bytes());
-            hash.write(name.as_bytes());
+        for &(id, name) in &pairs {
+            fingerprint_write(&mut hash, id, name);
         }
-        format!("{:032x}", hash.0)
+        fingerprint_text(&hash)
     }
+}
+
+/// The sorted, deduplicated `(id, name)` pairs a fingerprint digests.
+pub(crate) fn fingerprint_pairs(defs: &[MigrationDef]) -> Vec<(i64, &str)> {
+    let mut pairs: Vec<(i64, &str)> = defs.iter().map(|d| (d.id.get(), d.name())).collect();
+    pairs.sort_unstable();
+    pairs.dedup();
+    pairs
+}
+
+/// Adds one pair to a fingerprint: after the first `k` sorted pairs the
+/// digest is the fingerprint of those `k` definitions alone.
+pub(crate) fn fingerprint_write(hash: &mut Fnv128, id: i64, name: &str) {
+    hash.write(&id.to_le_bytes());
+    hash.write(&(name.len() as u64).to_le_bytes());
+    hash.write(name.as_bytes());
+}
+
+/// A digest as stores record it.
+pub(crate) fn fingerprint_text(hash: &Fnv128) -> String {
+    format!("{:032x}", hash.0)
 }
 
 /// Checks a name against the limits of [`MigrationDef::new`].

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 
 use crate::migration::now_utc;
 use crate::store::{
-    LockGuard, LockInfo, LockRequest, LockScope, PreparePlan, RowChange, check_unique_ids,
-    name_conflict,
+    LockGuard, LockInfo, LockRequest, LockScope, PreparePlan, RowChange, SetState,
+    check_unique_ids, name_conflict,
 };
 use crate::{Error, Migration, MigrationDef, MigrationId, MigrationStore};
 
@@ -186,14 +186,15 @@ impl MigrationStore for MemoryStore {
             .ok_or(Error::NotFound { id })
     }
 
-    async fn is_settled(&self, fingerprint: &str) -> Result<bool, Error> {
+    async fn set_state(&self, fingerprint: &str) -> Result<SetState, Error> {
         let state = self
             .state
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        Ok(state.prepared
-            && state.fingerprints.contains(fingerprint)
-            && state.rows.values().all(|row| row.executed))
+        Ok(SetState::from_answers(
+            state.prepared && state.fingerprints.contains(fingerprint),
+            state.rows.values().all(|row| row.executed),
+        ))
     }
 
     async fn lock(&self, request: &LockRequest) -> Result<LockGuard, Error> {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::Instrument;
+use waymark_core::store::SetState;
 use waymark_core::{Error, MigrationDef, MigrationStore};
 
 use crate::background::{self, Background};
@@ -25,15 +26,18 @@ use crate::report::RunReport;
 ///
 /// # What a run does
 ///
-/// 1. **Fast path.** One call, [`is_settled`](MigrationStore::is_settled)
+/// 1. **Fast path.** One call, [`set_state`](MigrationStore::set_state)
 ///    with the fingerprint of the declared set: when this exact set was
 ///    registered before and nothing is pending, the run returns at once,
 ///    without preparing, registering or locking.
-/// 2. **Prepare and register.** Otherwise it [`prepare`](MigrationStore::prepare)s
-///    the store and [`register`](MigrationStore::register)s every declared
-///    migration. When the database's write lock is busy because another
-///    instance runs a long migration, it waits for that run, as for the lock.
-/// 3. **Plan.** It reads the rows once and works out a [`Plan`]. With no
+/// 2. **Prepare and register.** When the set was never registered, it
+///    [`prepare`](MigrationStore::prepare)s the store and
+///    [`register`](MigrationStore::register)s every declared migration (a
+///    set registered before, with work pending, skips both). When the
+///    database's write lock is busy because another instance runs a long
+///    migration, it waits for that run, as for the lock.
+/// 3. **Plan.** It reads the rows once (twice when a declared row is
+///    missing and is registered again) and works out a [`Plan`]. With no
 ///    required migration to run it takes no lock.
 /// 4. **Lock and snapshot.** It takes the run lock, waiting up to
 ///    [`lock_wait`](crate::RunnerBuilder::lock_wait), and reads the rows once
@@ -203,7 +207,8 @@ impl<S: Send + Sync + 'static, St: MigrationStore + Clone> Runner<S, St> {
             ));
         }
         let inner = &self.inner;
-        if inner.stores.concrete.is_settled(&inner.fingerprint).await? {
+        let known = inner.stores.concrete.set_state(&inner.fingerprint).await?;
+        if known == SetState::Settled {
             tracing::debug!("migrations settled: nothing pending");
             return Ok(Started {
                 report: RunReport::new(Vec::new(), true, None, started.elapsed()),
@@ -212,7 +217,7 @@ impl<S: Send + Sync + 'static, St: MigrationStore + Clone> Runner<S, St> {
         }
         let state = state.into();
         let (report, background_plan) = inner
-            .required(&state, started)
+            .required(&state, started, known)
             .instrument(tracing::info_span!("waymark.run"))
             .await?;
         let background = match background_plan {

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use crate::conn::Detached;
 use waymark_core::store::advisory::{HELD_LOCKS, parse_session_tag};
 use waymark_core::store::{
-    LockGuard, LockInfo, LockRequest, LockScope, PreparePlan, RowChange, check_unique_ids,
-    name_conflict, now_utc,
+    LeftToRegister, LockGuard, LockInfo, LockRequest, LockScope, Prefixes, PreparePlan, RowChange,
+    SetState, check_unique_ids, name_conflict, now_utc,
 };
 use waymark_core::time::OffsetDateTime;
 use waymark_core::{Error, Migration, MigrationDef, MigrationId, MigrationStore};
@@ -72,50 +72,56 @@ impl MigrationStore for PostgresStore {
             check_text("name", def.name())?;
             check_text("description", def.description())?;
         }
-        // Inserted in id order, so concurrent registrations of overlapping
-        // sets wait for each other instead of deadlocking.
-        // An id repeated with the same name keeps its first description,
-        // as in the other backends.
-        let mut by_id: HashMap<i64, &MigrationDef> = HashMap::with_capacity(defs.len());
-        for def in defs {
-            by_id.entry(def.id().get()).or_insert(def);
-        }
-        let mut ids: Vec<i64> = by_id.keys().copied().collect();
-        ids.sort_unstable();
-        let names: Vec<&str> = ids.iter().map(|id| by_id[id].name()).collect();
-        let descriptions: Vec<&str> = ids.iter().map(|id| by_id[id].description()).collect();
-        let fingerprint = MigrationDef::fingerprint(defs);
-        let (ids, names, descriptions, fingerprint) = (&ids, &names, &descriptions, &fingerprint);
+        let prefixes = Prefixes::of(defs);
+        // The body may run twice (a lost connection): it borrows these.
+        let (candidates, prefixes) = (&prefixes.fingerprints(), &prefixes);
         let sql = self.statements();
         self.call(
             "registering migrations",
             Retry::Once,
             body!(|conn| {
-                // Read first: in the steady state (every id known under its
-                // name, the set seen before) nothing is written or locked.
-                // Anything else, conflicts included, takes the write path.
-                let registered = conn.prepare_cached(&sql.registered).await?;
-                if conn
-                    .query_one(&registered, &[ids, names, fingerprint])
+                // Read first: only what follows the longest prefix of this
+                // set registered before needs checking and inserting; in the
+                // steady state (the whole set seen before) nothing is
+                // written or locked.
+                let recorded = conn.prepare_cached(&sql.recorded).await?;
+                let recorded: Vec<String> = conn
+                    .query(&recorded, &[candidates])
                     .await?
-                    .get::<_, bool>(0)
-                {
+                    .iter()
+                    .map(|row| row.get(0))
+                    .collect();
+                let left = prefixes.unregistered(|fp| recorded.iter().any(|r| r == fp));
+                if left == LeftToRegister::Nothing {
                     return Ok(());
                 }
+                // Inserted in id order, so concurrent registrations of
+                // overlapping sets wait for each other instead of
+                // deadlocking. An id repeated with the same name keeps its
+                // first description, as in the other backends.
+                let mut by_id: HashMap<i64, &MigrationDef> = HashMap::new();
+                for def in left.filter(defs) {
+                    by_id.entry(def.id().get()).or_insert(def);
+                }
+                let mut ids: Vec<i64> = by_id.keys().copied().collect();
+                ids.sort_unstable();
+                let names: Vec<&str> = ids.iter().map(|id| by_id[id].name()).collect();
+                let descriptions: Vec<&str> =
+                    ids.iter().map(|id| by_id[id].description()).collect();
                 let tx = conn.transaction().await?;
                 if !ids.is_empty() {
                     let insert = tx.prepare_cached(&sql.insert_many).await?;
-                    tx.execute(&insert, &[ids, names, descriptions]).await?;
+                    tx.execute(&insert, &[&ids, &names, &descriptions]).await?;
                     // Read back after inserting: a row another process
                     // inserted at the same moment is visible now, and checked.
                     let tracked = tx.prepare_cached(&sql.names).await?;
                     let mut tracked_names = HashMap::with_capacity(ids.len());
-                    for row in tx.query(&tracked, &[ids]).await? {
+                    for row in tx.query(&tracked, &[&ids]).await? {
                         let name: Option<String> = row.get(1);
                         tracked_names.insert(row.get::<_, i64>(0), name.unwrap_or_default());
                     }
                     // The first conflict in declaration order, as every backend reports it.
-                    let conflict = defs.iter().find_map(|def| {
+                    let conflict = left.filter(defs).find_map(|def| {
                         let name = tracked_names.get(&def.id().get())?;
                         (name != def.name()).then(|| name_conflict(def.id(), name, def.name()))
                     });
@@ -125,7 +131,8 @@ impl MigrationStore for PostgresStore {
                     }
                 }
                 let record = tx.prepare_cached(&sql.insert_fingerprint).await?;
-                tx.execute(&record, &[fingerprint, &now_utc()]).await?;
+                tx.execute(&record, &[&prefixes.whole(), &now_utc()])
+                    .await?;
                 tx.commit().await?;
                 Ok(())
             }),
@@ -202,22 +209,24 @@ impl MigrationStore for PostgresStore {
         .await
     }
 
-    async fn is_settled(&self, fingerprint: &str) -> Result<bool, Error> {
+    async fn set_state(&self, fingerprint: &str) -> Result<SetState, Error> {
         if fingerprint.contains('\0') {
-            return Ok(false); // never registered: it could not have been stored
+            // Never registered: it could not have been stored.
+            return Ok(SetState::Unregistered);
         }
         let sql = self.statements();
         self.call(
             "checking whether migrations are settled",
             Retry::Once,
             body!(|conn| {
-                let statement = match conn.prepare_cached(&sql.is_settled).await {
-                    Err(e) if missing_table(&e) => return Ok(false),
+                let statement = match conn.prepare_cached(&sql.set_state).await {
+                    Err(e) if missing_table(&e) => return Ok(SetState::Unregistered),
                     other => other?,
                 };
                 match conn.query_one(&statement, &[&fingerprint]).await {
-                    Err(e) if missing_table(&e) => Ok(false),
-                    other => Ok(other?.get(0)),
+                    Err(e) if missing_table(&e) => Ok(SetState::Unregistered),
+                    Ok(row) => Ok(SetState::from_answers(row.get(0), row.get(1))),
+                    Err(e) => Err(e.into()),
                 }
             }),
         )

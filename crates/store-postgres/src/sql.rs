@@ -24,10 +24,9 @@ pub(crate) struct PgStatements {
     pub(crate) insert_many: String,
     /// 1 ids: `(id, name)` of each tracked one.
     pub(crate) names: String,
-    /// 1 ids, 2 names, 3 fingerprint: whether a set is registered already
-    /// (every id under its name, and the fingerprint). One round trip:
-    /// `register`'s steady state.
-    pub(crate) registered: String,
+    /// 1 fingerprints: those of them recorded (`register`'s first look,
+    /// see [`Prefixes`](waymark_core::store::Prefixes)).
+    pub(crate) recorded: String,
 }
 
 impl PgStatements {
@@ -45,12 +44,7 @@ impl PgStatements {
             names: format!(
                 "SELECT id::BIGINT, COALESCE(name, '') FROM {t} WHERE id = ANY($1::BIGINT[]) ORDER BY id"
             ),
-            registered: format!(
-                "SELECT EXISTS (SELECT 1 FROM {fp} WHERE fingerprint = $3) \
-                 AND (SELECT COUNT(*) FROM {t} AS t \
-                      JOIN UNNEST($1::BIGINT[], $2::TEXT[]) AS u(id, name) \
-                      ON t.id = u.id AND t.name = u.name) = CARDINALITY($1::BIGINT[])"
-            ),
+            recorded: format!("SELECT fingerprint FROM {fp} WHERE fingerprint = ANY($1::TEXT[])"),
             pending_index: format!("\"{table}_pending_idx\""),
             display: format!("{schema}.{table}"),
             shared: Statements::new(Dialect::Postgres, &t, &fp),

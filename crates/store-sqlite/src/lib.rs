@@ -39,7 +39,7 @@
 //! executed_at, attempts, last_error, checkpoint)` (the name is configurable),
 //! a partial index `migrations_pending` for the pending query and a side
 //! table `migrations_fingerprints` of the registered sets, which lets
-//! [`is_settled`](waymark_core::MigrationStore::is_settled) answer in one
+//! [`set_state`](waymark_core::MigrationStore::set_state) answer in one
 //! query. `executed_at` is RFC 3339 text in UTC, written from
 //! [`now_utc`](waymark_core::store::now_utc); an adopted table's
 //! `YYYY-MM-DD HH:MM:SS` text (SQLite's `CURRENT_TIMESTAMP`) reads as UTC.
@@ -47,7 +47,7 @@
 //! Reads never create or change anything: `list`, `pending` and `get` on a
 //! database without the table (or with the original table not yet
 //! prepared) fail with [`Error::NotInitialised`](waymark_core::Error::NotInitialised),
-//! and `is_settled` answers `false`.
+//! and `set_state` answers `Unregistered`.
 //!
 //! An existing table of the original four columns (`id`, `name`,
 //! `description`, `executed`) is adopted in place: the missing columns are
@@ -87,7 +87,7 @@
 //!   shared by its clones; every call runs on Tokio's blocking threads
 //!   (`spawn_blocking`), never on the async workers, so many tasks can call
 //!   one store at once and simply queue. The one exception is the start-up
-//!   fast path, [`is_settled`](waymark_core::MigrationStore::is_settled):
+//!   fast path, [`set_state`](waymark_core::MigrationStore::set_state):
 //!   when the connection is free it runs inline, with SQLite's busy handler
 //!   off so that it can never wait on a lock (a busy database falls back to
 //!   a blocking thread), because the hop to a blocking thread and back would
@@ -111,9 +111,11 @@
 //!   store instances (and clones) in the same process. The kernel releases it
 //!   when the guard is dropped and when the process dies, SIGKILL included:
 //!   there is never a stale lock to clear. [`lock_or_wait`](waymark_core::MigrationStore::lock_or_wait)
-//!   takes the lock if it is free and otherwise waits for a shared `flock`
-//!   on a blocking thread, so every instance that lost a race at start-up
-//!   wakes the moment the winner lets go. The database file itself is never
+//!   takes the lock if it is free and otherwise waits for a shared `flock`,
+//!   blocked on by one plain thread per lock file and process that all its
+//!   waiters listen to (not one of Tokio's, so a waiter gives up on time and
+//!   never holds up a shutdown): every instance that lost a race at
+//!   start-up wakes the moment the winner lets go. The database file itself is never
 //!   opened a second time, since closing such a descriptor would drop the
 //!   POSIX locks SQLite holds on it. Like SQLite, this needs a local file
 //!   system, not a network share. For in-memory databases the run lock is a
@@ -147,7 +149,7 @@
 //!
 //! A database opened with [`SqliteConfig::read_only`], or a file without any
 //! write permission bit, is opened with SQLite's read-only flag: reads
-//! (`list`, `pending`, `get`, `is_settled`, and `prepare` when nothing needs
+//! (`list`, `pending`, `get`, `set_state`, and `prepare` when nothing needs
 //! changing) work, writes fail with an [`Error::Store`](waymark_core::Error::Store)
 //! saying the database is read-only. The permission bits are honoured even
 //! for root, who could otherwise write through them.
@@ -158,6 +160,7 @@ mod config;
 mod error;
 mod open;
 mod reentry;
+mod release_watch;
 mod run_lock;
 mod schema;
 mod sql;

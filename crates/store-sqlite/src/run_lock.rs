@@ -16,13 +16,10 @@ use waymark_core::Error;
 use waymark_core::store::{LockGuard, LockHolder, LockInfo, LockRequest, LockScope, now_utc};
 
 use crate::config::Location;
+use crate::release_watch;
 
 /// The longest pause between two attempts while someone else holds the lock.
 const MAX_PAUSE: Duration = Duration::from_millis(50);
-
-/// The longest pause of a replica waiting for the holder to finish: short,
-/// since every waiter should learn at about the same time that it is done.
-const WAIT_PAUSE: Duration = Duration::from_millis(5);
 
 /// The scopes, in the order `locks()` reports them.
 const SCOPES: [LockScope; 2] = [LockScope::Run, LockScope::Background];
@@ -118,10 +115,10 @@ impl RunLock {
     /// Takes the lock if it is free; otherwise waits up to `wait` for the
     /// holder to release it and returns `None` without taking it.
     ///
-    /// The wait polls a shared `flock` without blocking, like
-    /// [`acquire`](Self::acquire) polls the exclusive one: a blocking
-    /// `flock` on a thread could not be given up on time, and would keep
-    /// the runtime from shutting down until the holder let go.
+    /// The wait blocks on a shared `flock` in a thread of its own, shared
+    /// by every waiter of this process ([`release_watch`]): the kernel
+    /// wakes it the moment the holder lets go, and a waiter can give up on
+    /// time without holding up the runtime's shutdown.
     pub(crate) async fn acquire_or_wait(
         &self,
         request: &LockRequest,
@@ -139,30 +136,36 @@ impl RunLock {
                 return Err(Error::store(format!("locking {}", path.display()), err));
             }
         }
-        let deadline = Instant::now().checked_add(wait);
-        let mut pause = Duration::from_millis(1);
-        loop {
-            match file.try_lock_shared() {
-                // The holder has let go; the shared lock is released as the
-                // file closes on return.
-                Ok(()) => return Ok(None),
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Error(err)) => {
-                    return Err(Error::store(
-                        format!("waiting for the lock on {}", path.display()),
-                        err,
-                    ));
-                }
-            }
-            let left = match deadline {
-                Some(deadline) if Instant::now() >= deadline => {
-                    return Err(Error::LockTimeout { waited: wait });
-                }
-                Some(deadline) => deadline - Instant::now(),
-                None => WAIT_PAUSE,
+        let waiting = || format!("waiting for the lock on {}", path.display());
+        if wait.is_zero() {
+            // Asked once: no thread to wait on.
+            return match file.try_lock_shared() {
+                Ok(()) => Ok(None),
+                Err(TryLockError::WouldBlock) => Err(Error::LockTimeout { waited: wait }),
+                Err(TryLockError::Error(err)) => Err(Error::store(waiting(), err)),
             };
-            tokio::time::sleep(pause.min(left)).await;
-            pause = (pause * 2).min(WAIT_PAUSE);
+        }
+        let mut released =
+            release_watch::watch(&path, file).map_err(|err| Error::store(waiting(), err))?;
+        let let_go = released.wait_for(Option::is_some);
+        let seen = match Instant::now().checked_add(wait) {
+            Some(deadline) => match tokio::time::timeout_at(deadline, let_go).await {
+                Ok(seen) => seen,
+                Err(_) => return Err(Error::LockTimeout { waited: wait }),
+            },
+            None => let_go.await,
+        };
+        match seen.as_deref() {
+            Ok(Some(Ok(()))) => Ok(None),
+            Ok(Some(Err((kind, message)))) => Err(Error::store(
+                waiting(),
+                std::io::Error::new(*kind, message.clone()),
+            )),
+            // The thread ended without a word (it cannot, short of a panic).
+            Ok(None) | Err(_) => Err(Error::store(
+                waiting(),
+                std::io::Error::other("the thread waiting for the lock ended"),
+            )),
         }
     }
 

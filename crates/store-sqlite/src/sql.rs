@@ -9,7 +9,7 @@
 //! [`Statements`]: waymark_core::store::sql::Statements
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use waymark_core::store::{RowChange, name_conflict, now_utc};
+use waymark_core::store::{LeftToRegister, Prefixes, RowChange, SetState, name_conflict, now_utc};
 use waymark_core::{Error, Migration, MigrationDef, MigrationId};
 
 use crate::target::Target;
@@ -141,40 +141,70 @@ pub(crate) fn register(
     target: &Target,
     defs: &[MigrationDef],
 ) -> Result<(), Error> {
-    let fingerprint = MigrationDef::fingerprint(defs);
-    if !needs_registering(conn, target, defs, &fingerprint)? {
+    let prefixes = Prefixes::of(defs);
+    let recorded = longest_recorded(conn, target, &prefixes)?;
+    let left = prefixes.unregistered(|fp| recorded.as_deref() == Some(fp));
+    let seen = recorded.as_deref() == Some(prefixes.whole());
+    if !needs_registering(conn, target, defs, left, seen)? {
         return Ok(());
     }
     write(conn, target, "registering migrations", |tx| {
         // Again under the write lock: another process may have registered
-        // the same ids, possibly under other names, since the first look.
-        needs_registering(tx, target, defs, &fingerprint)?;
+        // the same ids, possibly under other names, since the first look
+        // (what was recorded then still is: `left` holds).
+        needs_registering(tx, target, defs, left, false)?;
         (|| {
             let mut stmt = tx.prepare_cached(&target.sql.insert)?;
-            for def in defs {
+            for def in left.filter(defs) {
                 stmt.execute(params![def.id().get(), def.name(), def.description()])?;
             }
             tx.prepare_cached(&target.sql.insert_fingerprint)?
-                .execute(params![fingerprint, timestamp::format(now_utc())])?;
+                .execute(params![prefixes.whole(), timestamp::format(now_utc())])?;
             Ok(())
         })()
         .map_err(target.err("registering migrations"))
     })
 }
 
-/// Whether `defs` add anything (a new id or an unseen set); a known id
+/// The longest of `prefixes` recorded before, if any: one lookup per
+/// candidate, in process, longest first.
+fn longest_recorded(
+    conn: &Connection,
+    target: &Target,
+    prefixes: &Prefixes,
+) -> Result<Option<String>, Error> {
+    let mut stmt = conn
+        .prepare_cached(&target.sql.known_set)
+        .map_err(target.err("checking registered sets"))?;
+    for fingerprint in prefixes.fingerprints() {
+        if stmt
+            .exists([fingerprint])
+            .map_err(target.err("checking registered sets"))?
+        {
+            return Ok(Some(fingerprint.to_owned()));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether registering `defs` writes anything: an id among those `left`
+/// holds that is not tracked yet, or a set not `seen` before. A tracked id
 /// under another name is [`Error::Conflict`].
 fn needs_registering(
     conn: &Connection,
     target: &Target,
     defs: &[MigrationDef],
-    fingerprint: &str,
+    left: LeftToRegister,
+    seen: bool,
 ) -> Result<bool, Error> {
+    if left == LeftToRegister::Nothing {
+        return Ok(false);
+    }
     let mut new = false;
     let mut stmt = conn
         .prepare_cached(&target.sql.name_of)
         .map_err(target.err("checking registered migrations"))?;
-    for def in defs {
+    for def in left.filter(defs) {
         let tracked: Option<Option<String>> = stmt
             .query_row([def.id().get()], |row| row.get(0))
             .optional()
@@ -190,14 +220,7 @@ fn needs_registering(
             }
         }
     }
-    if new {
-        return Ok(true);
-    }
-    let seen = conn
-        .prepare_cached(&target.sql.known_set)
-        .and_then(|mut stmt| stmt.exists([fingerprint]))
-        .map_err(target.err("checking registered sets"))?;
-    Ok(!seen)
+    Ok(new || !seen)
 }
 
 /// One change to one row, in whatever transaction `conn` holds;
@@ -237,28 +260,30 @@ pub(crate) fn update(
     Ok(())
 }
 
-/// One query: the set was registered and nothing is pending. A database
-/// without the tables yet answers `false`.
-pub(crate) fn is_settled(
+/// One query: whether the set was registered and whether anything is
+/// pending. A database without the tables yet answers `Unregistered`.
+pub(crate) fn set_state(
     conn: &Connection,
     target: &Target,
     fingerprint: &str,
-) -> Result<bool, Error> {
-    match query_settled(conn, target, fingerprint) {
-        Ok(settled) => Ok(settled),
-        Err(err) if crate::error::is_unprepared(&err) => Ok(false),
+) -> Result<SetState, Error> {
+    match query_set_state(conn, target, fingerprint) {
+        Ok(state) => Ok(state),
+        Err(err) if crate::error::is_unprepared(&err) => Ok(SetState::Unregistered),
         Err(err) => Err(target
             .site
             .error("checking whether migrations are settled", err)),
     }
 }
 
-/// The query behind [`is_settled`], with SQLite's own error.
-pub(crate) fn query_settled(
+/// The query behind [`set_state`], with SQLite's own error.
+pub(crate) fn query_set_state(
     conn: &Connection,
     target: &Target,
     fingerprint: &str,
-) -> rusqlite::Result<bool> {
-    conn.prepare_cached(&target.sql.is_settled)?
-        .query_row([fingerprint], |row| row.get(0))
+) -> rusqlite::Result<SetState> {
+    conn.prepare_cached(&target.sql.set_state)?
+        .query_row([fingerprint], |row| {
+            Ok(SetState::from_answers(row.get(0)?, row.get(1)?))
+        })
 }

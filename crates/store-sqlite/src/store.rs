@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::Connection;
 use waymark_core::store::{
-    InFlight, LockGuard, LockInfo, LockRequest, PreparePlan, RowChange, check_unique_ids,
+    InFlight, LockGuard, LockInfo, LockRequest, PreparePlan, RowChange, SetState, check_unique_ids,
 };
 use waymark_core::{Error, Migration, MigrationDef, MigrationId, MigrationStore};
 
@@ -117,7 +117,7 @@ impl Inner {
     /// cached pages, the same work as the memory reads around it. `None`
     /// (connection in use, database busy) sends the caller to the blocking
     /// path, which waits as usual.
-    fn settled_inline(&self, fingerprint: &str) -> Option<Result<bool, Error>> {
+    fn set_state_inline(&self, fingerprint: &str) -> Option<Result<SetState, Error>> {
         let conn = match self.read_connection().try_lock() {
             Ok(conn) => conn,
             Err(TryLockError::Poisoned(poison)) => poison.into_inner(),
@@ -130,14 +130,14 @@ impl Inner {
                 .site
                 .error("switching off the busy timeout", err)));
         }
-        let answer = sql::query_settled(&conn, target, fingerprint);
+        let answer = sql::query_set_state(&conn, target, fingerprint);
         if let Err(err) = conn.busy_timeout(busy) {
             return Some(Err(target.site.error("restoring the busy timeout", err)));
         }
         match answer {
-            Ok(settled) => Some(Ok(settled)),
+            Ok(state) => Some(Ok(state)),
             Err(err) if is_busy(&err) => None,
-            Err(err) if is_unprepared(&err) => Some(Ok(false)),
+            Err(err) if is_unprepared(&err) => Some(Ok(SetState::Unregistered)),
             Err(err) => Some(Err(target
                 .site
                 .error("checking whether migrations are settled", err))),
@@ -517,15 +517,15 @@ impl MigrationStore for SqliteStore {
             .await
     }
 
-    async fn is_settled(&self, fingerprint: &str) -> Result<bool, Error> {
+    async fn set_state(&self, fingerprint: &str) -> Result<SetState, Error> {
         if self.inner.reader.is_none() {
             reentry::check(self.key())?;
         }
-        if let Some(settled) = self.inner.settled_inline(fingerprint) {
-            return settled;
+        if let Some(state) = self.inner.set_state_inline(fingerprint) {
+            return state;
         }
         let fingerprint = fingerprint.to_owned();
-        self.read(move |conn, target| sql::is_settled(conn, target, &fingerprint))
+        self.read(move |conn, target| sql::set_state(conn, target, &fingerprint))
             .await
     }
 }

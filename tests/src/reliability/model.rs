@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use waymark_core::store::{LockGuard, LockRequest, LockScope};
+use waymark_core::store::{LockGuard, LockRequest, LockScope, SetState};
 use waymark_core::{Error, Migration, MigrationDef, MigrationId, MigrationStore};
 
 /// A definition as generated, possibly invalid: it goes through
@@ -43,8 +43,8 @@ pub enum Op {
     RecordFailure(i64, String),
     /// `save_checkpoint`.
     SaveCheckpoint(i64, String),
-    /// `is_settled` for the fingerprint of these definitions.
-    IsSettled(Vec<RawDef>),
+    /// `set_state` for the fingerprint of these definitions.
+    SetState(Vec<RawDef>),
     /// `lock`, keeping the guard.
     Lock,
     /// Drops the most recent guard, if any.
@@ -123,8 +123,8 @@ pub enum Outcome {
     Rows(Vec<Row>),
     /// The row from `get`.
     Row(Row),
-    /// The answer of `is_settled`.
-    Settled(bool),
+    /// The answer of `set_state`.
+    Known(SetState),
     /// Whether `Unlock` had a guard to drop.
     Unlocked(bool),
     /// Failed.
@@ -188,9 +188,9 @@ impl<'a> Session<'a> {
             Op::MarkPending(raw) => done(store.mark_pending(id(raw)?).await)?,
             Op::RecordFailure(raw, text) => done(store.record_failure(id(raw)?, text).await)?,
             Op::SaveCheckpoint(raw, text) => done(store.save_checkpoint(id(raw)?, text).await)?,
-            Op::IsSettled(raw) => Outcome::Settled(
+            Op::SetState(raw) => Outcome::Known(
                 store
-                    .is_settled(&MigrationDef::fingerprint(&defs(raw)?))
+                    .set_state(&MigrationDef::fingerprint(&defs(raw)?))
                     .await?,
             ),
             Op::Lock => {

@@ -12,6 +12,7 @@ pub mod advisory;
 mod atomic;
 mod in_flight;
 mod lock;
+mod registration;
 mod shape;
 pub mod sql;
 
@@ -28,6 +29,7 @@ pub use atomic::{
 };
 pub use in_flight::{InFlight, InFlightGuard};
 pub use lock::{HeldLock, LockGuard, LockHolder, LockInfo, LockRequest, LockScope};
+pub use registration::{CHEAP_ADDITIONS, LeftToRegister, Prefixes};
 pub use shape::{
     AddedColumn, AdoptionChoices, AmbiguousRows, AmbiguousRowsRefused, FoundColumn, FoundTable,
     NullExecuted, PreparePlan, TableChange, TypeClass, plan_table,
@@ -53,6 +55,37 @@ pub enum RowChange<'a> {
     SaveCheckpoint(&'a str),
 }
 
+/// What a store knows of one set of migration definitions, identified by
+/// its [fingerprint](MigrationDef::fingerprint)
+/// ([`MigrationStore::set_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SetState {
+    /// Not registered, or the store cannot tell (no table yet): a start-up
+    /// prepares the table and registers the set.
+    Unregistered,
+    /// Registered (its fingerprint is recorded: every id was tracked under
+    /// its name when the set was registered), and some migration is
+    /// pending: a start-up goes straight to reading the rows, without
+    /// `prepare` or `register` (the runner falls back to both when the
+    /// rows cannot be read or a declared row is missing).
+    Pending,
+    /// Registered, and no migration is pending: a start-up has nothing to do.
+    Settled,
+}
+
+impl SetState {
+    /// The state of a set from the two answers of one query: whether the
+    /// fingerprint is recorded, and whether nothing is pending.
+    pub fn from_answers(registered: bool, nothing_pending: bool) -> Self {
+        match (registered, nothing_pending) {
+            (false, _) => Self::Unregistered,
+            (true, false) => Self::Pending,
+            (true, true) => Self::Settled,
+        }
+    }
+}
+
 /// Where migrations are tracked: the in-memory [`MemoryStore`](crate::MemoryStore),
 /// SQLite or PostgreSQL.
 ///
@@ -71,9 +104,12 @@ pub trait MigrationStore: Send + Sync + 'static {
     async fn prepare(&self) -> Result<(), Error>;
 
     /// Tracks `defs`: unknown ids are inserted as pending, known ids keep
-    /// their state. A known id with another name is [`Error::Conflict`] and
+    /// their state. SQL stores check only what follows the part of the set
+    /// they recorded before ([`Prefixes`]), trusting that tracked rows are
+    /// not deleted or renamed by hand (the runner re-registers a declared
+    /// row it does not find). A known id with another name is [`Error::Conflict`] and
     /// nothing is registered. Records the set's
-    /// [fingerprint](MigrationDef::fingerprint) for [`is_settled`](Self::is_settled).
+    /// [fingerprint](MigrationDef::fingerprint) for [`set_state`](Self::set_state).
     async fn register(&self, defs: &[MigrationDef]) -> Result<(), Error>;
 
     /// Every tracked migration, ordered by id. Never creates anything: a
@@ -140,14 +176,25 @@ pub trait MigrationStore: Send + Sync + 'static {
             .ok_or(Error::NotFound { id })
     }
 
+    /// What this store knows of the set of definitions with this
+    /// [fingerprint](MigrationDef::fingerprint): the start-up fast path,
+    /// one query. [`SetState::Settled`] lets a start-up return at once,
+    /// [`SetState::Pending`] lets it skip [`prepare`](Self::prepare) and
+    /// [`register`](Self::register). Any doubt (including a table that does
+    /// not exist yet) answers [`SetState::Unregistered`], which the default
+    /// always does: correct, only slower.
+    async fn set_state(&self, fingerprint: &str) -> Result<SetState, Error> {
+        let _ = fingerprint;
+        Ok(SetState::Unregistered)
+    }
+
     /// True when the set of definitions with this
     /// [fingerprint](MigrationDef::fingerprint) was registered before and no
-    /// migration is pending: the start-up fast path, one query. Any doubt
-    /// (including a table that does not exist yet) answers `false`, which
-    /// the default always does: correct, only slower.
+    /// migration is pending: [`set_state`](Self::set_state) is
+    /// [`SetState::Settled`]. Backends override `set_state`, not this: the
+    /// runner asks `set_state`.
     async fn is_settled(&self, fingerprint: &str) -> Result<bool, Error> {
-        let _ = fingerprint;
-        Ok(false)
+        Ok(self.set_state(fingerprint).await? == SetState::Settled)
     }
 
     /// [`RowChange::MarkExecuted`]: an operator's repair.
@@ -213,6 +260,9 @@ impl<S: MigrationStore + ?Sized> MigrationStore for Arc<S> {
     }
     async fn is_settled(&self, fingerprint: &str) -> Result<bool, Error> {
         (**self).is_settled(fingerprint).await
+    }
+    async fn set_state(&self, fingerprint: &str) -> Result<SetState, Error> {
+        (**self).set_state(fingerprint).await
     }
     async fn mark_executed(&self, id: MigrationId) -> Result<(), Error> {
         (**self).mark_executed(id).await

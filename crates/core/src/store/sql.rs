@@ -54,8 +54,9 @@ pub struct Statements {
     pub record_failure: String,
     /// 1 id, 2 checkpoint.
     pub save_checkpoint: String,
-    /// 1 fingerprint: the set was registered and nothing is pending.
-    pub is_settled: String,
+    /// 1 fingerprint: two booleans, whether the set was registered and
+    /// whether nothing is pending ([`SetState::from_answers`](super::SetState::from_answers)).
+    pub set_state: String,
     /// 1 id: the tracked name.
     pub name_of: String,
     /// 1 fingerprint: whether the set was registered.
@@ -137,9 +138,9 @@ impl Statements {
             ),
             save_checkpoint: format!("UPDATE {t} SET checkpoint = {p2} WHERE id = {id}"),
             // One round trip; the partial index on pending rows answers the NOT EXISTS.
-            is_settled: format!(
-                "SELECT EXISTS (SELECT 1 FROM {fp} WHERE fingerprint = {p1}) \
-                 AND NOT EXISTS (SELECT 1 FROM {t} WHERE {pending})"
+            set_state: format!(
+                "SELECT EXISTS (SELECT 1 FROM {fp} WHERE fingerprint = {p1}), \
+                 NOT EXISTS (SELECT 1 FROM {t} WHERE {pending})"
             ),
             name_of: format!("SELECT name FROM {t} WHERE id = {id}"),
             known_set: format!("SELECT 1 FROM {fp} WHERE fingerprint = {p1}"),
@@ -212,6 +213,6 @@ mod tests {
             pg.claim_success
                 .ends_with("WHERE id = $1::BIGINT AND NOT executed")
         );
-        assert!(pg.is_settled.contains("fingerprint = $1"));
+        assert!(pg.set_state.contains("fingerprint = $1"));
     }
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 pub use atomic::{AtomicDb, AtomicFixture, BatchPlan};
 
-use crate::store::{LockHolder, LockInfo, LockRequest, LockScope};
+use crate::store::{LockHolder, LockInfo, LockRequest, LockScope, SetState};
 use crate::{Error, Migration, MigrationDef, MigrationId, MigrationStore};
 
 /// Opens another store instance on the same database.
@@ -92,6 +92,7 @@ macro_rules! store_conformance_tests {
             register_conflict_on_other_name,
             register_conflict_registers_nothing,
             register_duplicate_id_in_one_call_conflicts,
+            register_a_grown_set_adds_what_is_new_and_still_refuses_conflicts,
             get_returns_the_row,
             get_unknown_is_not_found,
             mark_executed_unknown_is_not_found,
@@ -313,6 +314,52 @@ pub async fn register_duplicate_id_in_one_call_conflicts(db: &TestStore) {
         "{result:?}"
     );
     assert!(store.list().await.unwrap().is_empty());
+}
+
+/// A release that adds migrations after the set of the release before (what
+/// stores register at the cost of what is new) tracks the new ones as
+/// pending and keeps the old ones' state; a renamed id anywhere in the set,
+/// in the part registered before or in the new part, is still refused.
+pub async fn register_a_grown_set_adds_what_is_new_and_still_refuses_conflicts(db: &TestStore) {
+    let store = db.prepared().await;
+    let old: Vec<i64> = (1..=200).collect();
+    store.register(&defs(&old)).await.unwrap();
+    store.mark_executed(id(200)).await.unwrap();
+    let grown: Vec<i64> = (1..=203).collect();
+    store.register(&defs(&grown)).await.unwrap();
+    let rows = store.list().await.unwrap();
+    assert_eq!(ids(&rows), grown);
+    assert!(rows[199].executed, "the old rows keep their state");
+    assert!(
+        rows[200..]
+            .iter()
+            .all(|row| !row.executed && row.attempts == 0)
+    );
+    assert_eq!(rows[202].name, "m203");
+
+    let mut renamed_old = defs(&(1..=204).collect::<Vec<_>>());
+    renamed_old[99] = def(100, "renamed");
+    let result = store.register(&renamed_old).await;
+    assert!(
+        matches!(&result, Err(Error::Conflict { id, .. }) if id.get() == 100),
+        "{result:?}"
+    );
+    let mut renamed_new = defs(&(1..=204).collect::<Vec<_>>());
+    renamed_new[202] = def(203, "renamed");
+    let result = store.register(&renamed_new).await;
+    assert!(
+        matches!(&result, Err(Error::Conflict { id, .. }) if id.get() == 203),
+        "{result:?}"
+    );
+    assert_eq!(
+        ids(&store.list().await.unwrap()),
+        grown,
+        "nothing registered"
+    );
+    // Many new at once (more than a store looks back for) is registered too.
+    let wide: Vec<i64> = (1..=400).collect();
+    store.register(&defs(&wide)).await.unwrap();
+    assert_eq!(ids(&store.list().await.unwrap()), wide);
 }
 
 /// `get` returns the row with every field.
@@ -644,9 +691,21 @@ pub async fn settled_after_all_executed(db: &TestStore) {
     let fingerprint = MigrationDef::fingerprint(&set);
     store.register(&set).await.unwrap();
     assert!(!store.is_settled(&fingerprint).await.unwrap());
+    assert_eq!(
+        store.set_state(&fingerprint).await.unwrap(),
+        SetState::Pending
+    );
     store.record_success(id(1)).await.unwrap();
+    assert_eq!(
+        store.set_state(&fingerprint).await.unwrap(),
+        SetState::Pending
+    );
     store.mark_executed(id(2)).await.unwrap();
     assert!(store.is_settled(&fingerprint).await.unwrap());
+    assert_eq!(
+        store.set_state(&fingerprint).await.unwrap(),
+        SetState::Settled
+    );
     // A subset registered earlier is settled too once it is recorded.
     let subset = defs(&[1]);
     store.register(&subset).await.unwrap();
@@ -695,12 +754,26 @@ pub async fn not_settled_for_unknown_fingerprint(db: &TestStore) {
     let unseen = MigrationDef::fingerprint(&defs(&[1, 2]));
     assert!(!store.is_settled(&unseen).await.unwrap());
     assert!(!store.is_settled("").await.unwrap());
+    assert_eq!(
+        store.set_state(&unseen).await.unwrap(),
+        SetState::Unregistered
+    );
+    store.register(&defs(&[3])).await.unwrap();
+    assert_eq!(
+        store.set_state(&unseen).await.unwrap(),
+        SetState::Unregistered,
+        "pending work does not make an unknown set known"
+    );
 }
 
 /// Before `prepare` (no table yet) the answer is `false`, not an error.
 pub async fn not_settled_before_prepare(db: &TestStore) {
     let fingerprint = MigrationDef::fingerprint(&defs(&[1]));
     assert!(!db.store.is_settled(&fingerprint).await.unwrap());
+    assert_eq!(
+        db.store.set_state(&fingerprint).await.unwrap(),
+        SetState::Unregistered
+    );
 }
 
 /// Eight contenders: never two inside at once, and all get their turn.
