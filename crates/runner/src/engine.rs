@@ -123,19 +123,19 @@ impl<S: Send + Sync + 'static, St: MigrationStore + Clone> Inner<S, St> {
     /// round trips on PostgreSQL, where 32 replicas starting at once queue
     /// on the server's CPU.
     async fn registered_rows(&self, known: SetState) -> Result<Vec<Migration>, Error> {
-        let rows = match known {
+        let known_rows = match known {
             SetState::Pending => match self.store().list().await {
-                Ok(rows) => rows,
                 // The set was recorded, but the table needs `prepare` (an
                 // unprepared table restored beside its fingerprints): the
                 // full path, as for a new set.
-                Err(Error::NotInitialised { .. }) => {
-                    self.prepare_and_register(&self.defs).await?;
-                    self.store().list().await?
-                }
-                Err(err) => return Err(err),
+                Err(Error::NotInitialised { .. }) => None,
+                listed => Some(listed?),
             },
-            _ => {
+            _ => None,
+        };
+        let rows = match known_rows {
+            Some(rows) => rows,
+            None => {
                 self.prepare_and_register(&self.defs).await?;
                 self.store().list().await?
             }

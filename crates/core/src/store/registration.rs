@@ -53,20 +53,18 @@ impl Prefixes {
     /// registers one migration again.
     pub fn of(defs: &[MigrationDef]) -> Self {
         let pairs = fingerprint_pairs(defs);
-        if pairs.len() <= CHEAP_ADDITIONS {
-            let mut hash = Fnv128::new();
-            for &(id, name) in &pairs {
-                fingerprint_write(&mut hash, id, name);
-            }
-            let last = pairs.last().and_then(|&(id, _)| MigrationId::new(id).ok());
-            return Self {
-                entries: vec![(last, fingerprint_text(&hash))],
-                small: true,
-            };
-        }
-        let shortest = pairs.len() - CHEAP_ADDITIONS;
+        let small = pairs.len() <= CHEAP_ADDITIONS;
+        // The shortest prefix asked for: a small set asks only for itself.
+        let shortest = if small {
+            pairs.len()
+        } else {
+            pairs.len() - CHEAP_ADDITIONS
+        };
         let mut hash = Fnv128::new();
-        let mut entries = Vec::with_capacity(CHEAP_ADDITIONS + 1);
+        let mut entries = Vec::with_capacity(pairs.len() - shortest + 1);
+        if shortest == 0 {
+            entries.push((None, fingerprint_text(&hash)));
+        }
         for (k, &(id, name)) in pairs.iter().enumerate() {
             fingerprint_write(&mut hash, id, name);
             if k + 1 >= shortest {
@@ -74,10 +72,7 @@ impl Prefixes {
             }
         }
         entries.reverse();
-        Self {
-            entries,
-            small: false,
-        }
+        Self { entries, small }
     }
 
     /// The fingerprint of the whole set ([`MigrationDef::fingerprint`]).
