@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use deadpool_postgres::GenericClient;
 
 use crate::conn::Detached;
 use waymark_core::store::advisory::{HELD_LOCKS, parse_session_tag};
@@ -95,6 +96,7 @@ impl MigrationStore for PostgresStore {
                 if left == LeftToRegister::Nothing {
                     return Ok(());
                 }
+                let seen = recorded.iter().any(|r| r == prefixes.whole());
                 // Inserted in id order, so concurrent registrations of
                 // overlapping sets wait for each other instead of
                 // deadlocking. An id repeated with the same name keeps its
@@ -108,18 +110,26 @@ impl MigrationStore for PostgresStore {
                 let names: Vec<&str> = ids.iter().map(|id| by_id[id].name()).collect();
                 let descriptions: Vec<&str> =
                     ids.iter().map(|id| by_id[id].description()).collect();
+                // A set seen before that is still checked in full (a small
+                // one): nothing is written when every row is in place.
+                if seen {
+                    let client: &deadpool_postgres::Client = &conn;
+                    let tracked = tracked_names(client, &sql.names, &ids).await?;
+                    if names
+                        .iter()
+                        .zip(&ids)
+                        .all(|(name, id)| tracked.get(id).is_some_and(|t| t == name))
+                    {
+                        return Ok(());
+                    }
+                }
                 let tx = conn.transaction().await?;
                 if !ids.is_empty() {
                     let insert = tx.prepare_cached(&sql.insert_many).await?;
                     tx.execute(&insert, &[&ids, &names, &descriptions]).await?;
                     // Read back after inserting: a row another process
                     // inserted at the same moment is visible now, and checked.
-                    let tracked = tx.prepare_cached(&sql.names).await?;
-                    let mut tracked_names = HashMap::with_capacity(ids.len());
-                    for row in tx.query(&tracked, &[&ids]).await? {
-                        let name: Option<String> = row.get(1);
-                        tracked_names.insert(row.get::<_, i64>(0), name.unwrap_or_default());
-                    }
+                    let tracked_names = tracked_names(&tx, &sql.names, &ids).await?;
                     // The first conflict in declaration order, as every backend reports it.
                     let conflict = left.filter(defs).find_map(|def| {
                         let name = tracked_names.get(&def.id().get())?;
@@ -364,4 +374,19 @@ impl MigrationStore for PostgresStore {
             )),
         }
     }
+}
+
+/// The tracked names of `ids` (`names`: the statement reading them).
+async fn tracked_names<C: GenericClient>(
+    client: &C,
+    names: &str,
+    ids: &[i64],
+) -> Result<HashMap<i64, String>, tokio_postgres::Error> {
+    let statement = client.prepare_cached(names).await?;
+    let mut tracked = HashMap::with_capacity(ids.len());
+    for row in client.query(&statement, &[&ids]).await? {
+        let name: Option<String> = row.get(1);
+        tracked.insert(row.get::<_, i64>(0), name.unwrap_or_default());
+    }
+    Ok(tracked)
 }
